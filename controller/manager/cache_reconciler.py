@@ -1,0 +1,361 @@
+"""Reconciles cluster-scoped LocalModelCaches.
+
+For a live cache: add our finalizer; per node group, create the download PV and PVC (owned by
+the cache); write the cache's entry into the LocalModelNode of every Ready node of its groups
+and remove it from nodes that left them; aggregate per-node download status into `nodeStatus`,
+`copies` and a Ready condition. A child that is terminating or owned by another UID (say, the
+previous cache of the same name) is not ours: we wait for it to go and never adopt it.
+
+For a deleting cache: remove its entries from every LocalModelNode, then our finalizer. Missing
+node groups or nodes never block deletion; PVs and PVCs go by garbage collection.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from controller import metrics
+from controller.api import kinds
+from controller.api.naming import download_pv_name, download_pvc_name
+from controller.api.status import (
+    CONDITION_READY,
+    NodeStatus,
+    copies,
+    find_condition,
+    node_status_from_model_status,
+    set_condition,
+)
+from controller.config import LocalModelConfig
+from controller.kube.client import KubeClient
+from controller.kube.errors import AlreadyExists, NotFound
+from controller.kube.events import WARNING, EventRecorder
+from controller.kube.patches import (
+    add_finalizer,
+    has_finalizer,
+    is_being_deleted,
+    remove_finalizer,
+    resource_version_guard,
+)
+from controller.kube.resources import PERSISTENT_VOLUME_CLAIMS, PERSISTENT_VOLUMES, Resource
+from controller.manager.placement import (
+    Placement,
+    desired_entry,
+    entries_with,
+    entries_without,
+    place,
+)
+from controller.runtime.controller import Result
+from controller.runtime.informer import Informer
+
+log = structlog.get_logger(__name__)
+
+CONTROLLER_NAME = "localmodelcache"
+# While a child of an earlier cache with the same name is still going away, look again this
+# often; the child's DELETE event usually brings the cache back sooner.
+WAIT_FOR_CHILD_SECONDS = 30.0
+
+
+class CacheReconciler:
+    """Level-based: reads informer stores, writes only the differences."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        *,
+        config: LocalModelConfig,
+        caches: Informer,
+        node_groups: Informer,
+        nodes: Informer,
+        local_model_nodes: Informer,
+        volumes: Informer,
+        claims: Informer,
+        recorder: EventRecorder,
+    ) -> None:
+        self.client = client
+        self.config = config
+        self.caches = caches
+        self.node_groups = node_groups
+        self.nodes = nodes
+        self.local_model_nodes = local_model_nodes
+        self.volumes = volumes
+        self.claims = claims
+        self.recorder = recorder
+
+    async def reconcile(self, name: str) -> Result | None:
+        cache = self.caches.get(name)
+        if cache is None:
+            return None
+        if is_being_deleted(cache):
+            await self._finalize(cache)
+            return None
+        if not has_finalizer(cache, kinds.CACHE_FINALIZER):
+            cache = await add_finalizer(
+                self.client, kinds.LOCAL_MODEL_CACHES, cache, kinds.CACHE_FINALIZER
+            )
+            metrics.FINALIZER_ADDITIONS.labels(CONTROLLER_NAME, kinds.CACHE_FINALIZER).inc()
+
+        group_names = list((cache.get("spec") or {}).get("nodeGroups") or [])
+        missing = [group for group in group_names if self.node_groups.get(group) is None]
+        if missing or not group_names:
+            # Nothing is created for a cache whose groups are unknown; a new group brings it back.
+            names = ", ".join(missing) or "(none)"
+            await self._write_status(
+                cache, {}, reason="NodeGroupNotFound",
+                message=f"LocalModelNodeGroup not found: {names}", ready=False, warn=True,
+            )  # fmt: skip
+            return None
+        groups = [(group, self.node_groups.get(group) or {}) for group in group_names]
+
+        waiting: list[str] = []
+        for group_name, group in groups:
+            waiting += await self._ensure_download_volumes(cache, group_name, group)
+        placements = place(self.nodes.list(), groups)
+        await self._write_entries(cache, placements)
+        await self._remove_entries(cache, keep=placements)
+
+        node_status = self._node_status(cache, placements)
+        if waiting:
+            await self._write_status(
+                cache, node_status, reason="WaitingForVolumes", ready=False,
+                message=f"waiting for {', '.join(waiting)} of an earlier object to be deleted",
+            )  # fmt: skip
+            return Result(requeue_after=WAIT_FOR_CHILD_SECONDS)
+        await self._write_status(cache, node_status, **_readiness(node_status, group_names))
+        return None
+
+    # --- children -----------------------------------------------------------------------------
+
+    async def _ensure_download_volumes(
+        self, cache: dict[str, Any], group_name: str, group: dict[str, Any]
+    ) -> list[str]:
+        """Create the group's download PV and PVC if absent; return those we must wait for."""
+        cache_name = cache["metadata"]["name"]
+        group_spec = group.get("spec") or {}
+        pv_name = download_pv_name(cache_name, group_name)
+        pvc_name = download_pvc_name(cache_name, group_name)
+        namespace = self.config.job_namespace
+        pv = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": pv_name, "ownerReferences": [_owner_reference(cache)]},
+            "spec": copy.deepcopy(group_spec.get("persistentVolumeSpec") or {}),
+        }
+        pvc = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {
+                "name": pvc_name,
+                "namespace": namespace,
+                "ownerReferences": [_owner_reference(cache)],
+            },
+            "spec": {
+                **copy.deepcopy(group_spec.get("persistentVolumeClaimSpec") or {}),
+                "volumeName": pv_name,
+            },
+        }
+        waiting = []
+        if not await self._ensure_child(cache, PERSISTENT_VOLUMES, self.volumes, pv):
+            waiting.append(f"PersistentVolume {pv_name}")
+        if not await self._ensure_child(cache, PERSISTENT_VOLUME_CLAIMS, self.claims, pvc):
+            waiting.append(f"PersistentVolumeClaim {namespace}/{pvc_name}")
+        return waiting
+
+    async def _ensure_child(
+        self, cache: dict[str, Any], resource: Resource, store: Informer, desired: dict[str, Any]
+    ) -> bool:
+        """True when the child exists and is ours; create it when absent; never adopt."""
+        meta = desired["metadata"]
+        existing = store.get(meta["name"], meta.get("namespace"))
+        if existing is not None:
+            if is_being_deleted(existing) or _controller_uid(existing) != cache["metadata"]["uid"]:
+                log.info(
+                    "child not usable yet", kind=resource.kind, name=meta["name"],
+                    terminating=is_being_deleted(existing), owner_uid=_controller_uid(existing),
+                )  # fmt: skip
+                return False
+            return True
+        try:
+            await self.client.create(resource, desired, namespace=meta.get("namespace"))
+        except AlreadyExists as exc:
+            # Our store has not seen it yet, or the old one is still being deleted: its events
+            # bring this cache back, so wait rather than fail.
+            log.info(
+                "child exists already", kind=resource.kind, name=meta["name"],
+                being_deleted=exc.being_deleted,
+            )  # fmt: skip
+            return False
+        log.info("child created", kind=resource.kind, name=meta["name"])
+        return True
+
+    # --- LocalModelNode entries ---------------------------------------------------------------
+
+    async def _write_entries(self, cache: dict[str, Any], placements: dict[str, Placement]) -> None:
+        for placement in placements.values():
+            if not placement.ready:
+                continue  # a NotReady node keeps what it has; nothing new is sent to it
+            entry = desired_entry(cache, placement.group)
+            node = self.local_model_nodes.get(placement.node)
+            if node is None:
+                body = {
+                    "apiVersion": kinds.LOCAL_MODEL_NODES.api_version,
+                    "kind": kinds.LOCAL_MODEL_NODES.kind,
+                    "metadata": {"name": placement.node},
+                    "spec": {"localModels": [entry]},
+                }
+                await self.client.create(kinds.LOCAL_MODEL_NODES, body)
+                log.info("local model node created", node=placement.node)
+                continue
+            if is_being_deleted(node):
+                continue
+            entries = list((node.get("spec") or {}).get("localModels") or [])
+            updated = entries_with(entries, entry)
+            if updated is not None:
+                await self._replace_entries(node, updated)
+                log.info("local model node entry written", node=placement.node)
+
+    async def _remove_entries(
+        self, cache: dict[str, Any], *, keep: dict[str, Placement] | None = None
+    ) -> None:
+        """Remove the cache's entry from every LocalModelNode except the nodes in `keep`."""
+        name = cache["metadata"]["name"]
+        for node in self.local_model_nodes.list():
+            node_name = node["metadata"]["name"]
+            if keep is not None and node_name in keep:
+                continue
+            entries = list((node.get("spec") or {}).get("localModels") or [])
+            updated = entries_without(entries, name)
+            if updated is None:
+                continue
+            try:
+                await self._replace_entries(node, updated)
+            except NotFound:
+                continue
+            log.info("local model node entry removed", node=node_name)
+
+    async def _replace_entries(self, node: dict[str, Any], entries: list[dict[str, Any]]) -> None:
+        # Guarded by resourceVersion: two caches editing one node never lose each other's entry.
+        spec = {**(node.get("spec") or {}), "localModels": entries}
+        patch = [resource_version_guard(node), {"op": "add", "path": "/spec", "value": spec}]
+        await self.client.patch(
+            kinds.LOCAL_MODEL_NODES, node["metadata"]["name"], patch, patch_type="json"
+        )
+
+    # --- deletion -----------------------------------------------------------------------------
+
+    async def _finalize(self, cache: dict[str, Any]) -> None:
+        if not has_finalizer(cache, kinds.CACHE_FINALIZER):
+            return
+        await self._remove_entries(cache)
+        removed = await remove_finalizer(
+            self.client, kinds.LOCAL_MODEL_CACHES, cache, kinds.CACHE_FINALIZER
+        )
+        seconds = _seconds_since(cache["metadata"]["deletionTimestamp"])
+        metrics.FINALIZER_REMOVALS.labels(CONTROLLER_NAME, kinds.CACHE_FINALIZER).inc()
+        if removed is not None:
+            metrics.FINALIZER_DURATION.labels(CONTROLLER_NAME, kinds.CACHE_FINALIZER).observe(
+                seconds
+            )
+        log.info("finalizer removed", name=cache["metadata"]["name"], seconds=round(seconds, 3))
+
+    # --- status -------------------------------------------------------------------------------
+
+    def _node_status(
+        self, cache: dict[str, Any], placements: dict[str, Placement]
+    ) -> dict[str, str]:
+        name = cache["metadata"]["name"]
+        result = {}
+        for node_name, placement in sorted(placements.items()):
+            if not placement.ready:
+                result[node_name] = NodeStatus.NOT_READY.value
+                continue
+            node = self.local_model_nodes.get(node_name) or {}
+            model_status = ((node.get("status") or {}).get("modelStatus") or {}).get(name)
+            result[node_name] = node_status_from_model_status(model_status).value
+        return result
+
+    async def _write_status(
+        self,
+        cache: dict[str, Any],
+        node_status: dict[str, str],
+        *,
+        reason: str,
+        message: str,
+        ready: bool,
+        warn: bool = False,
+    ) -> None:
+        old = cache.get("status") or {}
+        generation = cache["metadata"].get("generation")
+        conditions = set_condition(
+            old.get("conditions"),
+            type=CONDITION_READY,
+            status="True" if ready else "False",
+            reason=reason,
+            message=message,
+            observed_generation=generation,
+            now=datetime.now(UTC),
+        )
+        status = {
+            **old,
+            "nodeStatus": node_status,
+            "copies": copies(node_status),
+            "conditions": conditions,
+            "observedGeneration": generation,
+        }
+        if status == old:
+            return
+        await self.client.patch(
+            kinds.LOCAL_MODEL_CACHES,
+            cache["metadata"]["name"],
+            [resource_version_guard(cache), {"op": "add", "path": "/status", "value": status}],
+            patch_type="json",
+            subresource="status",
+        )
+        previous = find_condition(old.get("conditions"), CONDITION_READY) or {}
+        if previous.get("reason") != reason:
+            log.info("cache condition changed", ready=ready, reason=reason, message=message)
+            if warn:
+                await self.recorder.record(cache, type=WARNING, reason=reason, message=message)
+
+
+def _readiness(node_status: dict[str, str], group_names: list[str]) -> dict[str, Any]:
+    counts = copies(node_status)
+    available, total, failed = counts["available"], counts["total"], counts["failed"]
+    if total == 0:
+        message = f"no node matches node groups {', '.join(group_names)}"
+        return {"reason": "NoMatchingNodes", "message": message, "ready": False}
+    summary = f"downloaded on {available} of {total} nodes"
+    if failed:
+        broken = sorted(n for n, s in node_status.items() if s == NodeStatus.DOWNLOAD_ERROR.value)
+        message = f"{summary}; download failed on {', '.join(broken)}"
+        return {"reason": "DownloadFailed", "message": message, "ready": False, "warn": True}
+    if available == total:
+        return {"reason": "Downloaded", "message": summary, "ready": True}
+    return {"reason": "Downloading", "message": summary, "ready": False}
+
+
+def _owner_reference(cache: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": kinds.LOCAL_MODEL_CACHES.api_version,
+        "kind": kinds.LOCAL_MODEL_CACHES.kind,
+        "name": cache["metadata"]["name"],
+        "uid": cache["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _controller_uid(obj: dict[str, Any]) -> str | None:
+    for reference in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if reference.get("controller"):
+            return reference.get("uid")
+    return None
+
+
+def _seconds_since(timestamp: str) -> float:
+    started = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return max(0.0, time.time() - started.timestamp())
