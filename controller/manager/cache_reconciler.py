@@ -94,9 +94,14 @@ class CacheReconciler:
             await self._finalize(cache)
             return None
         if not has_finalizer(cache, kinds.CACHE_FINALIZER):
-            cache = await add_finalizer(
-                self.client, kinds.LOCAL_MODEL_CACHES, cache, kinds.CACHE_FINALIZER
-            )
+            try:
+                cache = await add_finalizer(
+                    self.client, kinds.LOCAL_MODEL_CACHES, cache, kinds.CACHE_FINALIZER
+                )
+            except NotFound:
+                # Deleted before we ever added the finalizer: nothing of ours to clean up.
+                log.debug("cache gone before its finalizer was added")
+                return None
             metrics.FINALIZER_ADDITIONS.labels(CONTROLLER_NAME, kinds.CACHE_FINALIZER).inc()
 
         group_names = list((cache.get("spec") or {}).get("nodeGroups") or [])
@@ -254,13 +259,14 @@ class CacheReconciler:
         removed = await remove_finalizer(
             self.client, kinds.LOCAL_MODEL_CACHES, cache, kinds.CACHE_FINALIZER
         )
+        if removed is None:
+            # Our store lagged: an earlier reconcile removed the finalizer and the cache is gone.
+            log.debug("cache already gone")
+            return
         seconds = _seconds_since(cache["metadata"]["deletionTimestamp"])
         metrics.FINALIZER_REMOVALS.labels(CONTROLLER_NAME, kinds.CACHE_FINALIZER).inc()
-        if removed is not None:
-            metrics.FINALIZER_DURATION.labels(CONTROLLER_NAME, kinds.CACHE_FINALIZER).observe(
-                seconds
-            )
-        log.info("finalizer removed", name=cache["metadata"]["name"], seconds=round(seconds, 3))
+        metrics.FINALIZER_DURATION.labels(CONTROLLER_NAME, kinds.CACHE_FINALIZER).observe(seconds)
+        log.info("finalizer removed", seconds=round(seconds, 3))
 
     # --- status -------------------------------------------------------------------------------
 
@@ -308,13 +314,17 @@ class CacheReconciler:
         }
         if status == old:
             return
-        await self.client.patch(
-            kinds.LOCAL_MODEL_CACHES,
-            cache["metadata"]["name"],
-            [resource_version_guard(cache), {"op": "add", "path": "/status", "value": status}],
-            patch_type="json",
-            subresource="status",
-        )
+        try:
+            await self.client.patch(
+                kinds.LOCAL_MODEL_CACHES,
+                cache["metadata"]["name"],
+                [resource_version_guard(cache), {"op": "add", "path": "/status", "value": status}],
+                patch_type="json",
+                subresource="status",
+            )
+        except NotFound:
+            log.debug("cache gone before its status was written")
+            return
         previous = find_condition(old.get("conditions"), CONDITION_READY) or {}
         if previous.get("reason") != reason:
             log.info("cache condition changed", ready=ready, reason=reason, message=message)
