@@ -11,6 +11,7 @@ a lagging store never produces a second Job.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -26,7 +27,7 @@ from controller.api.naming import (
     storage_key,
 )
 from controller.api.nodes import node_in_group
-from controller.api.status import ModelStatus
+from controller.api.status import CONDITION_READY, ModelStatus, set_condition
 from controller.config import LocalModelConfig
 from controller.kube.client import KubeClient
 from controller.kube.errors import NotFound
@@ -82,7 +83,6 @@ class NodeReconciler:
         wanted = {status_key(e["modelName"], e.get("namespace") or None): e for e in entries}
 
         await self._delete_unwanted_jobs(set(wanted))
-        old_status = (local_model_node.get("status") or {}).get("modelStatus") or {}
         new_status: dict[str, str] = {}
         by_storage_key: dict[str, str] = {}
         for key, entry in wanted.items():
@@ -94,8 +94,7 @@ class NodeReconciler:
             new_status[key] = by_storage_key[model_key]
         await self.directory.remove_unwanted(set(by_storage_key))
 
-        if new_status != old_status:
-            await self._write_status(local_model_node, new_status)
+        await self._write_status(local_model_node, new_status)
         for state in ModelStatus:
             if state.value:
                 count = sum(1 for value in new_status.values() if value == state.value)
@@ -142,9 +141,10 @@ class NodeReconciler:
             log.warning("no node group for model on this node", model=key)
             return ModelStatus.DOWNLOAD_PENDING
         claim = self.claims.get(claim_name, self.config.job_namespace)
-        if claim is None or is_being_deleted(claim):
-            # A pod could never mount it; the claim's events bring us back.
-            log.info("waiting for download volume claim", model=key, claim=claim_name)
+        phase = ((claim or {}).get("status") or {}).get("phase")
+        if claim is None or is_being_deleted(claim) or phase != "Bound":
+            # A pod could not be scheduled with it yet; the claim's events bring us back.
+            log.info("waiting for download volume claim", model=key, claim=claim_name, phase=phase)
             return ModelStatus.DOWNLOAD_PENDING
         job = build_job(
             entry=entry,
@@ -207,7 +207,18 @@ class NodeReconciler:
             log.info("download job deleted", model=key, job=job["metadata"]["name"])
 
     async def _write_status(self, local_model_node: dict[str, Any], status: dict[str, str]) -> None:
-        new = {**(local_model_node.get("status") or {}), "modelStatus": status}
+        """Write `modelStatus` and the Ready condition, when either changed."""
+        old = local_model_node.get("status") or {}
+        conditions = set_condition(
+            old.get("conditions"),
+            **_readiness(status),
+            type=CONDITION_READY,
+            observed_generation=local_model_node["metadata"].get("generation"),
+            now=datetime.now(UTC),
+        )
+        new = {**old, "modelStatus": status, "conditions": conditions}
+        if new == old:
+            return
         await self.client.patch(
             kinds.LOCAL_MODEL_NODES,
             self.node_name,
@@ -219,3 +230,16 @@ class NodeReconciler:
             subresource="status",
         )
         log.info("model status written", models=status)
+
+
+def _readiness(status: dict[str, str]) -> dict[str, str]:
+    """Ready when every wanted model is downloaded (vacuously so when none is wanted)."""
+    failed = sorted(key for key, value in status.items() if value == ModelStatus.DOWNLOAD_ERROR)
+    done = sum(1 for value in status.values() if value == ModelStatus.DOWNLOADED)
+    summary = f"{done} of {len(status)} models downloaded"
+    if failed:
+        message = f"{summary}; download failed: {', '.join(failed)}"
+        return {"status": "False", "reason": "DownloadFailed", "message": message}
+    if done < len(status):
+        return {"status": "False", "reason": "Downloading", "message": summary}
+    return {"status": "True", "reason": "ModelsDownloaded", "message": summary}

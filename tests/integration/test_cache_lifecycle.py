@@ -92,6 +92,15 @@ async def test_cache_of_real_model_is_downloaded_to_both_nodes_and_fully_cleaned
     assert await entries_on(kube, OUTSIDER, name) == []
     assert not stack.model_dir(OUTSIDER, storage_key(uri)).exists()
 
+    async def nodes_report_ready() -> None:
+        for node in WORKERS:
+            status = (await kube.get(kinds.LOCAL_MODEL_NODES, node))["status"]
+            assert status["modelStatus"][name] == "ModelDownloaded", status
+            ready = [c for c in status["conditions"] if c["type"] == "Ready"]
+            assert ready[0]["status"] == "True", ready
+
+    await eventually(nodes_report_ready, timeout=30)
+
     observed_before = await finalizer_observations(stack)
     await kube.delete(kinds.LOCAL_MODEL_CACHES, name)
     await eventually(lambda: cache_is_gone(kube, name), timeout=CLEANUP_TIMEOUT)
