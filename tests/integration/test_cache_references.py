@@ -1,0 +1,62 @@
+"""Caches whose references change under them: deleted node groups, nodes that leave a group."""
+
+from __future__ import annotations
+
+import pytest
+
+from controller.api import kinds
+from controller.kube.client import KubeClient
+from controller.kube.errors import NotFound
+from controller.kube.resources import NODES
+from controller.testing.stack import WORKER_LABEL, Stack
+from controller.testing.waiting import eventually
+from tests.integration.conftest import WORKERS, MakeCache, cache_is_gone, node_group_body
+from tests.integration.test_cache_lifecycle import entries_on
+
+UNREACHABLE_URI = "http://127.0.0.1:9/never.tar.gz"
+
+
+async def test_cache_is_deleted_even_after_its_node_group_was_deleted_first(
+    kube: KubeClient, stack: Stack, storage_class: str, make_cache: MakeCache, unique_name
+) -> None:
+    group = unique_name("doomed")
+    await kube.create(kinds.LOCAL_MODEL_NODE_GROUPS, node_group_body(group))
+    name = unique_name("orphan")
+    await make_cache(name, uri=f"{UNREACHABLE_URI}?cache={name}", node_groups=[group])
+
+    async def placed() -> None:
+        for node in WORKERS:
+            assert len(await entries_on(kube, node, name)) == 1, node
+
+    await eventually(placed, timeout=30)
+    await kube.delete(kinds.LOCAL_MODEL_NODE_GROUPS, group)  # no finalizer: gone at once
+    with pytest.raises(NotFound):
+        await kube.get(kinds.LOCAL_MODEL_NODE_GROUPS, group)
+    await kube.delete(kinds.LOCAL_MODEL_CACHES, name)
+
+    await eventually(lambda: cache_is_gone(kube, name), timeout=30)
+    for node in WORKERS:
+        assert await entries_on(kube, node, name) == []
+
+
+async def test_node_that_leaves_the_group_loses_the_entry_and_regains_it_on_return(
+    kube: KubeClient, stack: Stack, node_group: str, make_cache: MakeCache, unique_name
+) -> None:
+    name = unique_name("leaver")
+    await make_cache(name, uri=f"{UNREACHABLE_URI}?cache={name}", node_groups=[node_group])
+    leaver, stayer = WORKERS
+    label = next(iter(WORKER_LABEL))
+
+    async def entries(expected: dict[str, int]) -> None:
+        counts = {node: len(await entries_on(kube, node, name)) for node in WORKERS}
+        assert counts == expected
+
+    await eventually(lambda: entries({leaver: 1, stayer: 1}), timeout=30)
+    await kube.patch(NODES, leaver, {"metadata": {"labels": {label: None}}})
+    try:
+        await eventually(lambda: entries({leaver: 0, stayer: 1}), timeout=30)
+        cache = await kube.get(kinds.LOCAL_MODEL_CACHES, name)
+        assert set(cache["status"]["nodeStatus"]) == {stayer}
+    finally:
+        await kube.patch(NODES, leaver, {"metadata": {"labels": dict(WORKER_LABEL)}})
+    await eventually(lambda: entries({leaver: 1, stayer: 1}), timeout=30)
