@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import argparse
 import base64
-import ctypes
 import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -30,13 +28,20 @@ import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import IO, Any
+from typing import Any
 
 import structlog
 import yaml
 
 from controller import logs
 from controller.testing.certs import ControlPlaneCerts, write_control_plane_certs
+from controller.testing.processes import (
+    POLL_INTERVAL,
+    ManagedProcess,
+    StartError,
+    free_port,
+    wait_healthy,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -72,8 +77,6 @@ NODE_MONITOR_GRACE_PERIOD_SECONDS = 20
 NODE_STARTUP_GRACE_PERIOD_SECONDS = 20
 
 START_ATTEMPTS = 3
-_POLL_INTERVAL = 0.1
-_LOG_TAIL_LINES = 40
 
 
 class ControlPlaneError(RuntimeError):
@@ -82,14 +85,6 @@ class ControlPlaneError(RuntimeError):
 
 class MissingBinariesError(ControlPlaneError):
     """Raised when a control-plane binary is not in the assets directory."""
-
-
-class StartError(ControlPlaneError):
-    """Raised when a process exits or does not become healthy; the message has its log tail."""
-
-    def __init__(self, message: str, *, log_tail: str = "") -> None:
-        super().__init__(f"{message}\n--- last log lines ---\n{log_tail}" if log_tail else message)
-        self.port_race = "address already in use" in log_tail.lower()
 
 
 def default_assets_dir() -> Path:
@@ -117,99 +112,17 @@ def find_binaries(assets: Path | None, *, names: Iterable[str]) -> dict[str, Pat
     return found
 
 
-_handed_out_ports: set[int] = set()
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago and was not handed out before."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port not in _handed_out_ports:
-            _handed_out_ports.add(port)
-            return port
-
-
-_PR_SET_PDEATHSIG = 1
-# Resolved before any fork: the child between fork and exec should only make the call.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
-
-
-def set_parent_death_signal() -> None:
-    """Use as `preexec_fn`: the child dies with the process that started it (Linux only)."""
-    # Runs in the child between fork and exec: if the Python process dies without stopping us
-    # (SIGKILL, crash), the kernel kills the child so no etcd or apiserver is left behind.
-    # SIGKILL, not SIGTERM: an apiserver whose etcd is terminating as well never finishes its
-    # graceful shutdown.
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-class _Process:
-    """One control-plane binary in its own process group, logging into a file."""
-
-    def __init__(self, *, name: str, args: Sequence[str], log_path: Path) -> None:
-        self.name = name
-        self.args = list(args)
-        self.log_path = log_path
-        self._popen: subprocess.Popen[bytes] | None = None
-        self._log_file: IO[bytes] | None = None
-
-    def start(self, *, die_with_parent: bool) -> None:
-        self._log_file = self.log_path.open("wb")
-        self._popen = subprocess.Popen(
-            self.args,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=set_parent_death_signal if die_with_parent else None,
-        )
-        log.debug("process started", component=self.name, pid=self._popen.pid)
-
-    @property
-    def exit_code(self) -> int | None:
-        return None if self._popen is None else self._popen.poll()
-
-    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self, *, timeout: float) -> None:
-        """SIGTERM the process group, wait up to `timeout`, then SIGKILL it."""
-        popen = self._popen
-        if popen is not None and popen.poll() is None:
-            self._signal_group(popen.pid, signal.SIGTERM)
-            try:
-                popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("process ignored sigterm", component=self.name, timeout_s=timeout)
-                self._signal_group(popen.pid, signal.SIGKILL)
-                popen.wait()
-            log.debug("process stopped", component=self.name, exit_code=popen.returncode)
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-
-    @staticmethod
-    def _signal_group(pgid: int, signum: int) -> None:
-        try:
-            os.killpg(pgid, signum)
-        except ProcessLookupError:
-            pass
-
-
 class ControlPlane:
     """etcd + kube-apiserver (+ kube-controller-manager, kube-scheduler) on loopback.
 
     Layout under `workdir`: pki/ (certificates), etcd/ (data, wiped on every start), logs/
     (one `<component>.log` each, overwritten on every start) and `kubeconfig` (admin, group
-    system:masters). Start from the thread that lives as long as the control plane: with
-    `die_with_parent` the processes are killed when that thread's process goes away.
+    system:masters). With `die_with_parent` (default) the kernel kills the processes when the
+    thread that started them ends, so start from a thread that lives as long as they should.
+
+    kube-controller-manager runs CONTROLLERS with node health timing shortened for tests: a
+    node whose heartbeats stop is marked Unknown after `node_monitor_grace_period` (20 s,
+    checked every 2 s) instead of 50 s; a new node gets 20 s instead of 1 min to report.
 
     Not thread-safe. `start()` raises MissingBinariesError, StartError (with the failing
     process's log tail) or ControlPlaneError, and leaves nothing running when it raises.
@@ -242,7 +155,7 @@ class ControlPlane:
         self._server: str | None = None
         self._certs: ControlPlaneCerts | None = None
         self._admin_ssl: ssl.SSLContext | None = None
-        self._processes: list[_Process] = []
+        self._processes: list[ManagedProcess] = []
 
     @property
     def server(self) -> str:
@@ -384,7 +297,7 @@ class ControlPlane:
         if _supports_flag(binaries["etcd"], "--unsafe-no-fsync"):
             etcd_args.append("--unsafe-no-fsync=true")
         etcd = self._launch("etcd", etcd_args)
-        _wait_healthy(etcd, f"{etcd_url}/health", context=None, deadline=deadline_for())
+        wait_healthy(etcd, f"{etcd_url}/health", context=None, deadline=deadline_for())
 
         # kube-apiserver: RBAC, client certificates, our service-account keys. The advertise
         # address stays on loopback and no endpoint reconciler runs, because Endpoints must not
@@ -416,7 +329,7 @@ class ControlPlane:
         self.write_kubeconfig(self.kubeconfig, user="admin", groups=["system:masters"])
         self._admin_ssl = self._client_ssl_context()
         for endpoint in ("/healthz", "/readyz"):
-            _wait_healthy(
+            wait_healthy(
                 apiserver,
                 f"{self._server}{endpoint}",
                 context=self._admin_ssl,
@@ -435,7 +348,7 @@ class ControlPlane:
             f"--tls-cert-file={certs.serving_cert}",
             f"--tls-private-key-file={certs.serving_key}",
         ]
-        components: list[tuple[_Process, int]] = []
+        components: list[tuple[ManagedProcess, int]] = []
         if self.with_controller_manager:
             port = free_port()
             kcm_args = [
@@ -457,7 +370,7 @@ class ControlPlane:
             ]
             components.append((self._launch("kube-scheduler", scheduler_args), port))
         for process, port in components:
-            _wait_healthy(
+            wait_healthy(
                 process,
                 f"https://127.0.0.1:{port}/healthz",
                 context=self._admin_ssl,
@@ -469,8 +382,8 @@ class ControlPlane:
     def _deadline(self) -> float:
         return time.monotonic() + self.start_timeout
 
-    def _launch(self, name: str, args: list[str]) -> _Process:
-        process = _Process(name=name, args=args, log_path=self.log_dir / f"{name}.log")
+    def _launch(self, name: str, args: list[str]) -> ManagedProcess:
+        process = ManagedProcess(name=name, args=args, log_path=self.log_dir / f"{name}.log")
         process.start(die_with_parent=self.die_with_parent)
         self._processes.append(process)
         return process
@@ -499,7 +412,7 @@ class ControlPlane:
         except urllib.error.HTTPError as exc:
             return exc.code, _parse_json(exc.read())
 
-    def _wait_for_default_namespace(self, apiserver: _Process, *, deadline: float) -> None:
+    def _wait_for_default_namespace(self, apiserver: ManagedProcess, *, deadline: float) -> None:
         # The namespace controller is not needed for this: the apiserver's bootstrap creates it.
         while True:
             status, body = self._call("GET", "/api/v1/namespaces/default")
@@ -510,7 +423,7 @@ class ControlPlane:
                     f"namespace default did not appear: last answer {status} {body}",
                     log_tail=apiserver.log_tail(),
                 )
-            time.sleep(_POLL_INTERVAL)
+            time.sleep(POLL_INTERVAL)
 
     def _install_crds(self, crds: list[dict[str, Any]], *, deadline: float) -> None:
         base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
@@ -543,7 +456,7 @@ class ControlPlane:
             problem = self._crd_problem(name=name, group=group, plural=plural, versions=versions)
             if problem is None:
                 return
-            time.sleep(_POLL_INTERVAL)
+            time.sleep(POLL_INTERVAL)
         raise ControlPlaneError(f"CRD {name} not ready: {problem}")
 
     def _crd_problem(
@@ -608,35 +521,6 @@ def _supports_flag(binary: Path, flag: str) -> bool:
     return any(line.strip().startswith(flag) for line in (shown.stdout + shown.stderr).splitlines())
 
 
-def _wait_healthy(
-    process: _Process, url: str, *, context: ssl.SSLContext | None, deadline: float
-) -> None:
-    last_answer = "no answer yet"
-    while True:
-        if process.exit_code is not None:
-            raise StartError(
-                f"{process.name} exited with code {process.exit_code} (log: {process.log_path})",
-                log_tail=process.log_tail(),
-            )
-        try:
-            with urllib.request.urlopen(url, context=context, timeout=2) as answer:
-                if answer.status == 200:
-                    log.debug("process healthy", component=process.name, url=url)
-                    return
-                last_answer = f"HTTP {answer.status}"
-        except urllib.error.HTTPError as exc:
-            last_answer = f"HTTP {exc.code}: {exc.read()[:300].decode(errors='replace')}"
-        except (urllib.error.URLError, OSError) as exc:
-            last_answer = str(exc)
-        if time.monotonic() > deadline:
-            raise StartError(
-                f"{process.name} not healthy at {url} in time: {last_answer} "
-                f"(log: {process.log_path})",
-                log_tail=process.log_tail(),
-            )
-        time.sleep(_POLL_INTERVAL)
-
-
 def _parse_json(raw: bytes) -> dict[str, Any]:
     if not raw:
         return {}
@@ -684,7 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.pause()
     except KeyboardInterrupt:
         pass
-    except ControlPlaneError as exc:
+    except (ControlPlaneError, StartError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:

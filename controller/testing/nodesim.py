@@ -382,7 +382,7 @@ class NodeSimulator:
                 pod,
             )
             return
-        run.task = self._spawn(self._run_pod(pod, run), pod)
+        run.task = self._spawn(self._run_pod_reporting_errors(pod, run), pod)
 
     def _spawn(self, coroutine: Any, pod: dict[str, Any]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)
@@ -403,6 +403,16 @@ class NodeSimulator:
         return task
 
     # --- pods: running -------------------------------------------------------------------------
+
+    async def _run_pod_reporting_errors(self, pod: dict[str, Any], run: _PodRun) -> None:
+        # A failure of the simulator itself ends the pod Failed, so nobody waits on it forever.
+        try:
+            await self._run_pod(pod, run)
+        except Exception as exc:
+            await _stop_processes(run.processes.values(), grace=0)
+            message = f"{type(exc).__name__}: {exc}"
+            await self._post_pod_status(pod, _failed_status("NodeSimulatorError", message))
+            raise
 
     async def _run_pod(self, pod: dict[str, Any], run: _PodRun) -> None:
         meta = pod["metadata"]
@@ -469,7 +479,7 @@ class NodeSimulator:
         spec = pod.get("spec") or {}
         meta = pod["metadata"]
         if spec.get("initContainers"):
-            # TODO(#1): run init containers in order before the app containers.
+            # TODO(#2): run init containers in order before the app containers.
             raise CannotRunPod("UnsupportedInitContainers", "init containers are not simulated")
         policy = spec.get("restartPolicy", "Always")
         if policy != "Never":

@@ -22,8 +22,8 @@ from controller.api.naming import MODELS_DIR
 from controller.kube.client import KubeClient
 from controller.kube.errors import AlreadyExists
 from controller.kube.resources import NAMESPACES
-from controller.testing.controlplane import _Process, _wait_healthy, free_port
 from controller.testing.modelserver import minilm_model_dir
+from controller.testing.processes import ManagedProcess, free_port, wait_healthy
 
 log = structlog.get_logger(__name__)
 
@@ -63,7 +63,7 @@ class Stack:
         self.manager_metrics_port = free_port()
         self.nodesim_control_port = free_port()
         self.manager_log = self.log_dir / "manager.log"
-        self._processes: list[_Process] = []
+        self._processes: list[ManagedProcess] = []
 
     # --- addresses ------------------------------------------------------------------------
 
@@ -124,15 +124,15 @@ class Stack:
 
     # --- the processes --------------------------------------------------------------------
 
-    def _python(self, name: str, args: list[str]) -> _Process:
-        process = _Process(
+    def _python(self, name: str, args: list[str]) -> ManagedProcess:
+        process = ManagedProcess(
             name=name, args=[sys.executable, *args], log_path=self.log_dir / f"{name}.log"
         )
         process.start(die_with_parent=True)
         self._processes.append(process)
         return process
 
-    def _controller(self, name: str, args: list[str]) -> _Process:
+    def _controller(self, name: str, args: list[str]) -> ManagedProcess:
         common = ["-m", "controller", "--log-level", self.log_level, "--log-format", "json"]
         return self._python(name, [*common, *args])
 
@@ -145,7 +145,7 @@ class Stack:
                 "--directory", f"{MODEL_NAME}={minilm_model_dir()}",
             ],
         )  # fmt: skip
-        _wait_healthy(process, self.model_url(), context=None, deadline=deadline)
+        wait_healthy(process, self.model_url(), context=None, deadline=deadline)
 
     def _start_node_simulator(self) -> None:
         node_args = []
@@ -175,7 +175,7 @@ class Stack:
                 "--health-probe-bind-address", f"127.0.0.1:{probe_port}",
             ],
         )  # fmt: skip
-        _wait_healthy(
+        wait_healthy(
             process, f"http://127.0.0.1:{probe_port}/readyz", context=None, deadline=deadline
         )
 
@@ -194,7 +194,7 @@ class Stack:
                 "--health-probe-bind-address", f"127.0.0.1:{probe_port}",
             ],
         )  # fmt: skip
-        _wait_healthy(
+        wait_healthy(
             process, f"http://127.0.0.1:{probe_port}/readyz", context=None, deadline=deadline
         )
 
