@@ -41,7 +41,8 @@ from controller.kube.resources import (
     PODS,
 )
 from controller.runtime.informer import DELETED, Event, Informer
-from controller.testing.controlplane import KUBE_VERSION, set_parent_death_signal
+from controller.testing.controlplane import KUBE_VERSION
+from controller.testing.processes import set_parent_death_signal
 
 log = structlog.get_logger(__name__)
 
@@ -838,7 +839,13 @@ def parse_node(text: str) -> SimulatedNode:
 
 
 def control_app(simulator: NodeSimulator) -> web.Application:
-    """HTTP control endpoint: `POST /nodes/<name>/heartbeats` with `{"enabled": bool}`."""
+    """HTTP control endpoint: `POST /nodes/<name>/heartbeats` with `{"enabled": bool}`, and
+    `GET /readyz`, 200 once every node is registered and the pod informers are synced."""
+
+    async def readyz(request: web.Request) -> web.Response:
+        if simulator.started.is_set():
+            return web.Response(text="ok")
+        return web.Response(text="nodes not registered yet", status=503)
 
     async def heartbeats(request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -859,6 +866,7 @@ def control_app(simulator: NodeSimulator) -> web.Application:
 
     app = web.Application()
     app.router.add_post("/nodes/{name}/heartbeats", heartbeats)
+    app.router.add_get("/readyz", readyz)
     return app
 
 

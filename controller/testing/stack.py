@@ -97,7 +97,7 @@ class Stack:
         deadline = time.monotonic() + START_TIMEOUT
         try:
             self._start_model_server(deadline)
-            self._start_node_simulator()
+            self._start_node_simulator(deadline)
             self._start_manager(deadline)
             for node in self.nodes:
                 self._start_agent(node.name, deadline)
@@ -147,12 +147,12 @@ class Stack:
         )  # fmt: skip
         wait_healthy(process, self.model_url(), context=None, deadline=deadline)
 
-    def _start_node_simulator(self) -> None:
+    def _start_node_simulator(self, deadline: float) -> None:
         node_args = []
         for node in self.nodes:
             labels = "".join(f",{key}={value}" for key, value in node.labels.items())
             node_args += ["--node", node.name + labels]
-        self._python(
+        process = self._python(
             "nodesim",
             [
                 "-m", "controller.testing.nodesim",
@@ -162,6 +162,7 @@ class Stack:
                 *node_args,
             ],
         )  # fmt: skip
+        wait_healthy(process, f"{self.nodesim_control_url}/readyz", context=None, deadline=deadline)
 
     def _start_manager(self, deadline: float) -> None:
         probe_port = free_port()
