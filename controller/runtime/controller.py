@@ -90,7 +90,11 @@ class Controller:
         tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
         tasks.append(asyncio.create_task(self._publish_queue_metrics()))
         try:
-            await asyncio.gather(*tasks)
+            # NB: asyncio.wait, unlike gather, leaves the workers running when run() is cancelled,
+            # so that _shut_down can let the reconciles in flight finish.
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
         finally:
             await self._shut_down(tasks)
 
@@ -135,6 +139,9 @@ class Controller:
                 else:
                     self.queue.forget(key)
             except asyncio.CancelledError:
+                # Cut short (shutdown timed out): the work may be half done, so not a success.
+                outcome = "error"
+                metrics.RECONCILE_ERRORS.labels(self.name).inc()
                 raise
             except TerminalError as exc:
                 outcome = "error"

@@ -161,6 +161,10 @@ class Informer:
                 log.info(
                     "informer watch expired", resource=self.name, resource_version=self._last_rv
                 )
+                if not events:
+                    # Refused before any event, maybe right after a fresh list: back off so that
+                    # a server that keeps answering 410 cannot drive a list/watch loop.
+                    await asyncio.sleep(backoff.next())
                 return "expired"
             except WatchStalled:
                 ended = "inactivity"

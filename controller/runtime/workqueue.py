@@ -25,7 +25,8 @@ class WorkQueue:
 
     def __init__(self, name: str, *, backoff: ExponentialBackoff | None = None) -> None:
         self.name = name
-        self.backoff = backoff or ExponentialBackoff()
+        # NB: not `backoff or ...`: a backoff with no history has len 0, so it is falsy.
+        self.backoff = backoff if backoff is not None else ExponentialBackoff()
         self._ready: deque[str] = deque()
         self._dirty: set[str] = set()
         self._processing: dict[str, float] = {}  # key -> monotonic time its processing started
