@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from controller.kube.client import KubeClient
 from controller.kube.errors import NotFound
@@ -66,33 +67,57 @@ def _unique_name(request: pytest.FixtureRequest) -> Callable[..., str]:
     return unique_name
 
 
-@pytest.fixture(name="namespace")
-async def _namespace(kube: KubeClient, unique_name: Callable[..., str]) -> AsyncIterator[str]:
-    """A fresh namespace; deleted afterwards, and the test waits until it is really gone."""
-    name = unique_name()
+async def create_namespace(kube: KubeClient, name: str) -> None:
     body = {
         "apiVersion": "v1",
         "kind": "Namespace",
         "metadata": {"name": name, "labels": {"test-run": TEST_RUN_ID}},
     }
     await kube.create(NAMESPACES, body)
+
+
+async def delete_namespace(kube: KubeClient, name: str) -> None:
+    """Delete a namespace and wait until the namespace controller has really removed it."""
+    try:
+        await kube.delete(NAMESPACES, name)
+    except NotFound:
+        pass
+
+    async def namespace_is_gone() -> None:
+        try:
+            namespace = await kube.get(NAMESPACES, name)
+        except NotFound:
+            return
+        status = namespace.get("status") or {}
+        raise AssertionError(
+            f"namespace {name} still exists: phase={status.get('phase')} "
+            f"conditions={status.get('conditions')}"
+        )
+
+    await eventually(namespace_is_gone, timeout=NAMESPACE_DELETION_TIMEOUT, interval=0.5)
+
+
+@pytest.fixture(name="namespace")
+async def _namespace(kube: KubeClient, unique_name: Callable[..., str]) -> AsyncIterator[str]:
+    """A fresh namespace; deleted afterwards, and the test waits until it is really gone."""
+    name = unique_name()
+    await create_namespace(kube, name)
     try:
         yield name
     finally:
+        await delete_namespace(kube, name)
+
+
+@pytest_asyncio.fixture(name="module_namespace", scope="module", loop_scope="module")
+async def _module_namespace(
+    control_plane: ControlPlane, request: pytest.FixtureRequest
+) -> AsyncIterator[str]:
+    """One namespace shared by a module's tests, for modules whose objects have unique names:
+    deleting a namespace takes seconds, so a namespace per test would dominate their runtime."""
+    name = make_unique_name(request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_"))
+    async with await KubeClient.from_kubeconfig(control_plane.kubeconfig) as kube:
+        await create_namespace(kube, name)
         try:
-            await kube.delete(NAMESPACES, name)
-        except NotFound:
-            pass
-
-        async def namespace_is_gone() -> None:
-            try:
-                namespace = await kube.get(NAMESPACES, name)
-            except NotFound:
-                return
-            status = namespace.get("status") or {}
-            raise AssertionError(
-                f"namespace {name} still exists: phase={status.get('phase')} "
-                f"conditions={status.get('conditions')}"
-            )
-
-        await eventually(namespace_is_gone, timeout=NAMESPACE_DELETION_TIMEOUT, interval=0.5)
+            yield name
+        finally:
+            await delete_namespace(kube, name)
