@@ -37,7 +37,7 @@ def node_in_group(node: dict[str, Any], node_group: dict[str, Any]) -> bool:
     """Tell whether `node` is a member of a LocalModelNodeGroup.
 
     Membership is `spec.persistentVolumeSpec.nodeAffinity.required`; a group without it has no
-    members (KServe behaves the same; the manager reports such a group as misconfigured).
+    members, as in KServe. `node_selector_problems` explains such a group for status messages.
     """
     return node_matches_selector(node, group_node_selector(node_group))
 
@@ -49,7 +49,11 @@ def group_node_selector(node_group: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def node_selector_problems(selector: dict[str, Any] | None) -> list[str]:
-    """Describe why a NodeSelector can select nothing, one message per problem; [] when sound."""
+    """List what is wrong with a NodeSelector, one message per problem; [] when all terms are sound.
+
+    Covers a missing selector, missing or empty terms, and every invalid requirement (each of
+    which makes its whole term match nothing).
+    """
     terms = (selector or {}).get("nodeSelectorTerms") or []
     if not terms:
         return ["node selector has no nodeSelectorTerms, so it selects no node"]

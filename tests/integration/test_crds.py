@@ -16,12 +16,14 @@ import pytest
 import yaml
 
 from controller.api import kinds
+from controller.api.status import ModelStatus, NodeStatus
 from controller.kube.client import KubeClient
 from controller.kube.errors import Invalid, NotFound
 from controller.kube.resources import CUSTOM_RESOURCE_DEFINITIONS, STORAGE_CLASSES, Resource
 from controller.testing.waiting import eventually
 
 SAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "samples"
+ABSENT_GROUP = "crd-tests-absent-group"
 CACHE_KINDS = [
     pytest.param(kinds.LOCAL_MODEL_CACHES, id="cluster-cache"),
     pytest.param(kinds.LOCAL_MODEL_NAMESPACE_CACHES, id="namespace-cache"),
@@ -35,18 +37,18 @@ class Objects:
         self.kube = kube
         self.created: list[tuple[Resource, str, str | None]] = []
 
-    async def create(self, resource: Resource, body: dict, *, namespace: str | None = None):
+    async def create(self, resource: Resource, body: dict, *, namespace: str | None = None) -> dict:
         created = await self.kube.create(resource, body, namespace=namespace)
         self.created.append((resource, created["metadata"]["name"], namespace))
         return created
 
     async def delete_all(self) -> None:
+        # Newest first, each one gone before the next: a cache goes before its node group.
         for resource, name, namespace in reversed(self.created):
             try:
                 await self.kube.delete(resource, name, namespace=namespace)
             except NotFound:
-                pass
-        for resource, name, namespace in self.created:
+                continue
 
             async def is_gone(resource=resource, name=name, namespace=namespace) -> None:
                 try:
@@ -55,7 +57,7 @@ class Objects:
                     return
                 raise AssertionError(f"{resource.kind} {name} still exists")
 
-            await eventually(is_gone, timeout=30)
+            await eventually(is_gone, timeout=60)
 
 
 @pytest.fixture(name="objects")
@@ -71,7 +73,8 @@ def cache_body(resource: Resource, name: str, **spec: Any) -> dict:
     body_spec = {
         "sourceModelUri": "hf://sentence-transformers/all-MiniLM-L6-v2",
         "modelSize": "100Mi",
-        "nodeGroups": ["workers"],
+        # A group nobody creates: a manager running in the same session places nothing.
+        "nodeGroups": [ABSENT_GROUP],
     }
     body_spec.update(spec)
     return {
@@ -82,7 +85,7 @@ def cache_body(resource: Resource, name: str, **spec: Any) -> dict:
     }
 
 
-def node_group_body(name: str, *, storage_class: str = "local-storage") -> dict:
+def node_group_body(name: str) -> dict:
     return {
         "apiVersion": kinds.LOCAL_MODEL_NODE_GROUPS.api_version,
         "kind": kinds.LOCAL_MODEL_NODE_GROUPS.kind,
@@ -105,21 +108,42 @@ def node_group_body(name: str, *, storage_class: str = "local-storage") -> dict:
                     }
                 },
                 "persistentVolumeReclaimPolicy": "Delete",
-                "storageClassName": storage_class,
+                "storageClassName": "local-storage",
                 "volumeMode": "Filesystem",
             },
             "persistentVolumeClaimSpec": {
                 "accessModes": ["ReadWriteOnce"],
                 "resources": {"requests": {"storage": "10Gi"}},
-                "storageClassName": storage_class,
+                "storageClassName": "local-storage",
                 "volumeMode": "Filesystem",
             },
         },
     }
 
 
-def namespace_for(resource: Resource, namespace: str) -> str | None:
-    return namespace if resource.namespaced else None
+async def replace_status(
+    kube: KubeClient,
+    resource: Resource,
+    name: str,
+    status: dict,
+    *,
+    namespace: str | None = None,
+) -> dict:
+    """Write the whole status at once, so what is read back is exactly what was written.
+
+    A merge patch would mix our values with any status a running manager wrote meanwhile.
+    """
+    patch = [{"op": "add", "path": "/status", "value": status}]
+    return await kube.patch(
+        resource, name, patch, namespace=namespace, patch_type="json", subresource="status"
+    )
+
+
+@pytest.fixture(name="ns")
+def _ns(request: pytest.FixtureRequest, resource: Resource) -> str | None:
+    """The namespace to create `resource` in: a fresh one for namespaced kinds, else None."""
+    # Only namespaced kinds pay for creating and deleting a namespace.
+    return request.getfixturevalue("namespace") if resource.namespaced else None
 
 
 async def test_crds_are_established_with_kserve_names_and_scopes(kube: KubeClient) -> None:
@@ -145,7 +169,10 @@ async def test_crds_are_established_with_kserve_names_and_scopes(kube: KubeClien
 async def test_each_kind_is_served_at_its_scope(
     kube: KubeClient, objects: Objects, namespace: str, unique_name: Callable[..., str]
 ) -> None:
-    await objects.create(kinds.LOCAL_MODEL_CACHES, cache_body(kinds.LOCAL_MODEL_CACHES, "c"))
+    cache = await objects.create(
+        kinds.LOCAL_MODEL_CACHES, cache_body(kinds.LOCAL_MODEL_CACHES, unique_name())
+    )
+    assert "namespace" not in cache["metadata"]
     ns_cache = cache_body(kinds.LOCAL_MODEL_NAMESPACE_CACHES, unique_name())
     created = await objects.create(
         kinds.LOCAL_MODEL_NAMESPACE_CACHES, ns_cache, namespace=namespace
@@ -180,43 +207,43 @@ async def test_each_kind_is_served_at_its_scope(
     ],
 )
 async def test_cache_without_required_field_is_rejected(
-    kube: KubeClient, objects: Objects, namespace: str, resource: Resource, missing: str
+    objects: Objects, ns: str | None, resource: Resource, missing: str
 ) -> None:
     body = cache_body(resource, "missing-field", **{missing: None})
     with pytest.raises(Invalid) as caught:
-        await objects.create(resource, body, namespace=namespace_for(resource, namespace))
+        await objects.create(resource, body, namespace=ns)
     assert f"spec.{missing}" in caught.value.message
     assert "Required value" in caught.value.message
 
 
 @pytest.mark.parametrize("resource", CACHE_KINDS)
 async def test_cache_without_spec_is_rejected(
-    objects: Objects, namespace: str, resource: Resource
+    objects: Objects, ns: str | None, resource: Resource
 ) -> None:
     body = cache_body(resource, "no-spec")
     del body["spec"]
     with pytest.raises(Invalid) as caught:
-        await objects.create(resource, body, namespace=namespace_for(resource, namespace))
+        await objects.create(resource, body, namespace=ns)
     assert "spec: Required value" in caught.value.message
 
 
 @pytest.mark.parametrize("resource", CACHE_KINDS)
 async def test_cache_with_empty_node_groups_is_rejected(
-    objects: Objects, namespace: str, resource: Resource
+    objects: Objects, ns: str | None, resource: Resource
 ) -> None:
     body = cache_body(resource, "empty-groups", nodeGroups=[])
     with pytest.raises(Invalid) as caught:
-        await objects.create(resource, body, namespace=namespace_for(resource, namespace))
+        await objects.create(resource, body, namespace=ns)
     assert "spec.nodeGroups" in caught.value.message
 
 
 @pytest.mark.parametrize("resource", CACHE_KINDS)
 async def test_cache_with_malformed_model_size_is_rejected(
-    objects: Objects, namespace: str, resource: Resource
+    objects: Objects, ns: str | None, resource: Resource
 ) -> None:
     body = cache_body(resource, "bad-size", modelSize="a lot")
     with pytest.raises(Invalid) as caught:
-        await objects.create(resource, body, namespace=namespace_for(resource, namespace))
+        await objects.create(resource, body, namespace=ns)
     assert "spec.modelSize" in caught.value.message
 
 
@@ -225,12 +252,11 @@ async def test_cache_with_malformed_model_size_is_rejected(
 async def test_changing_source_model_uri_is_rejected(
     kube: KubeClient,
     objects: Objects,
-    namespace: str,
+    ns: str | None,
     unique_name: Callable[..., str],
     resource: Resource,
     verb: str,
 ) -> None:
-    ns = namespace_for(resource, namespace)
     created = await objects.create(resource, cache_body(resource, unique_name()), namespace=ns)
     name = created["metadata"]["name"]
     new_uri = "hf://sentence-transformers/all-mpnet-base-v2"
@@ -252,7 +278,7 @@ async def test_changing_source_model_uri_is_rejected(
 @pytest.mark.parametrize(
     "edit",
     [
-        pytest.param({"nodeGroups": ["workers", "gpus"]}, id="node-groups"),
+        pytest.param({"nodeGroups": [ABSENT_GROUP, "gpus"]}, id="node-groups"),
         pytest.param({"modelSize": "2Gi"}, id="model-size"),
         pytest.param({"modelSize": 1073741824}, id="model-size-integer"),
         pytest.param({"serviceAccountName": "model-reader"}, id="service-account"),
@@ -265,12 +291,11 @@ async def test_changing_source_model_uri_is_rejected(
 async def test_other_cache_edits_are_accepted(
     kube: KubeClient,
     objects: Objects,
-    namespace: str,
+    ns: str | None,
     unique_name: Callable[..., str],
     resource: Resource,
     edit: dict,
 ) -> None:
-    ns = namespace_for(resource, namespace)
     created = await objects.create(resource, cache_body(resource, unique_name()), namespace=ns)
 
     patched = await kube.patch(resource, created["metadata"]["name"], {"spec": edit}, namespace=ns)
@@ -283,11 +308,10 @@ async def test_other_cache_edits_are_accepted(
 async def test_cache_node_status_outside_enum_is_rejected(
     kube: KubeClient,
     objects: Objects,
-    namespace: str,
+    ns: str | None,
     unique_name: Callable[..., str],
     resource: Resource,
 ) -> None:
-    ns = namespace_for(resource, namespace)
     created = await objects.create(resource, cache_body(resource, unique_name()), namespace=ns)
     name = created["metadata"]["name"]
 
@@ -302,26 +326,10 @@ async def test_cache_node_status_outside_enum_is_rejected(
     assert "nodeStatus" in caught.value.message
     assert "Unsupported value" in caught.value.message
 
-    every_value = {f"n{i}": value for i, value in enumerate(_enum(resource, "nodeStatus"))}
-    accepted = await kube.patch(
-        resource,
-        name,
-        {
-            "status": {
-                "nodeStatus": every_value,
-                "copies": {"available": 1, "total": 6, "failed": 1},
-            }
-        },
-        namespace=ns,
-        subresource="status",
-    )
-    assert accepted["status"]["nodeStatus"] == every_value
-
-
-def _enum(resource: Resource, field: str) -> list[str]:
-    from controller.api.status import ModelStatus, NodeStatus
-
-    return [s.value for s in (NodeStatus if field == "nodeStatus" else ModelStatus)]
+    every_value = {f"n{i}": status.value for i, status in enumerate(NodeStatus)}
+    status = {"nodeStatus": every_value, "copies": {"available": 1, "total": 6, "failed": 1}}
+    accepted = await replace_status(kube, resource, name, status, namespace=ns)
+    assert accepted["status"] == status
 
 
 async def test_local_model_node_model_status_outside_enum_is_rejected(
@@ -348,14 +356,11 @@ async def test_local_model_node_model_status_outside_enum_is_rejected(
     assert "modelStatus" in caught.value.message
     assert "Unsupported value" in caught.value.message
 
-    every_value = {f"m{i}": value for i, value in enumerate(_enum(kinds.LOCAL_MODEL_NODES, "m"))}
-    accepted = await kube.patch(
-        kinds.LOCAL_MODEL_NODES,
-        name,
-        {"status": {"modelStatus": every_value}},
-        subresource="status",
+    every_value = {f"m{i}": status.value for i, status in enumerate(ModelStatus)}
+    accepted = await replace_status(
+        kube, kinds.LOCAL_MODEL_NODES, name, {"modelStatus": every_value}
     )
-    assert accepted["status"]["modelStatus"] == every_value
+    assert accepted["status"] == {"modelStatus": every_value}
 
 
 async def test_local_model_node_entry_requires_name_and_uri(
@@ -410,13 +415,9 @@ async def test_malformed_condition_is_rejected(
         )
     assert complaint in caught.value.message
 
-    accepted = await kube.patch(
-        kinds.LOCAL_MODEL_CACHES,
-        name,
-        {"status": {"conditions": [good], "observedGeneration": 1}},
-        subresource="status",
-    )
-    assert accepted["status"]["conditions"] == [good]
+    status = {"conditions": [good], "observedGeneration": 1}
+    accepted = await replace_status(kube, kinds.LOCAL_MODEL_CACHES, name, status)
+    assert accepted["status"] == status
 
 
 async def test_cache_status_is_only_written_through_the_status_subresource(
@@ -521,14 +522,14 @@ async def test_kserve_shaped_objects_apply_unchanged(
         },
     }
 
-    for resource, body, ns in [
+    for resource, body, where in [
         (kinds.LOCAL_MODEL_NODE_GROUPS, group, None),
         (kinds.LOCAL_MODEL_CACHES, cache, None),
         (kinds.LOCAL_MODEL_NAMESPACE_CACHES, ns_cache, namespace),
         (kinds.LOCAL_MODEL_NODES, node, None),
     ]:
-        await objects.create(resource, body, namespace=ns)
-        stored = await kube.get(resource, body["metadata"]["name"], namespace=ns)
+        await objects.create(resource, body, namespace=where)
+        stored = await kube.get(resource, body["metadata"]["name"], namespace=where)
         assert stored["spec"] == body["spec"], f"{resource.kind} spec changed on the way in"
 
     # KServe's status shape, as its manager writes it, is accepted as is.
@@ -538,11 +539,8 @@ async def test_kserve_shaped_objects_apply_unchanged(
         "inferenceServices": [{"namespace": namespace, "name": "sklearn"}],
         "llmInferenceServices": [{"namespace": namespace, "name": "llama"}],
     }
-    written = await kube.patch(
-        kinds.LOCAL_MODEL_CACHES,
-        cache["metadata"]["name"],
-        {"status": kserve_status},
-        subresource="status",
+    written = await replace_status(
+        kube, kinds.LOCAL_MODEL_CACHES, cache["metadata"]["name"], kserve_status
     )
     assert written["status"] == kserve_status
 
@@ -560,6 +558,9 @@ async def test_samples_apply(
     for template in ("persistentVolumeSpec", "persistentVolumeClaimSpec"):
         group["spec"][template]["storageClassName"] = storage_class["metadata"]["name"]
     cache["spec"]["nodeGroups"] = [group["metadata"]["name"]]
+    # Select no node, so a manager running in the same session starts no download for it.
+    terms = group["spec"]["persistentVolumeSpec"]["nodeAffinity"]["required"]["nodeSelectorTerms"]
+    terms[0]["matchExpressions"][0]["values"] = [unique_name("no-node")]
 
     await objects.create(STORAGE_CLASSES, storage_class)
     for resource, body in [

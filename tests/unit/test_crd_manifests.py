@@ -217,7 +217,6 @@ def test_node_group_spec_matches_kserve():
             "serving.kserve.io_localmodelnodes.yaml",
             {
                 "Ready": '.status.conditions[?(@.type=="Ready")].status',
-                "Models": ".spec.localModels[*].modelName",
                 "Age": ".metadata.creationTimestamp",
             },
             id="nodes",
