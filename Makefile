@@ -7,13 +7,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv binaries dev test unit integration lint format clean
+.PHONY: help venv binaries dev test unit integration e2e lint format clean
 
 help:
 	@echo "make dev          run a local cluster with manager, agents and a cached model"
 	@echo "make test         run unit and integration tests (real API server)"
 	@echo "make unit         run unit tests only"
 	@echo "make integration  run integration tests only"
+	@echo "make e2e          run the end-to-end tests (the whole product on simulated nodes)"
 	@echo "make lint         ruff check and format check"
 	@echo "make binaries     build the Kubernetes binaries into the cache (skipped when present)"
 
@@ -39,6 +40,9 @@ unit: venv
 
 integration: venv binaries
 	$(BIN)/pytest tests/integration
+
+e2e: venv binaries
+	$(BIN)/pytest tests/integration -m e2e
 
 lint: venv
 	$(BIN)/ruff check controller tests

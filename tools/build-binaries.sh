@@ -15,7 +15,10 @@ dest=${LOCALMODEL_KUBE_ASSETS:-${XDG_CACHE_HOME:-$HOME/.cache}/localmodel-contro
 mkdir -p "$dest"
 
 has_version() {  # binary, expected version string
-  [ -x "$dest/$1" ] && "$dest/$1" --version 2>/dev/null | grep -qF "$2"
+  # Capture first: `grep -q` exits at its first match, and with pipefail the binary's SIGPIPE
+  # would then fail the check at random.
+  local reported
+  [ -x "$dest/$1" ] && reported=$("$dest/$1" --version 2>/dev/null) && grep -qF "$2" <<<"$reported"
 }
 
 stamp() {  # -X flags that make the binaries report their release version
