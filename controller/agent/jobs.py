@@ -14,6 +14,7 @@ from typing import Any
 from controller.api import kinds
 from controller.api.naming import job_generate_name, job_labels, model_subpath, storage_key
 from controller.api.status import ModelStatus
+from controller.download.errors import EXIT_INVALID
 
 CONTAINER_NAME = "kserve-localmodel-download"
 VOLUME_NAME = "kserve-pvc-source"
@@ -82,6 +83,20 @@ def build_job(
         },
         "spec": {
             "ttlSecondsAfterFinished": ttl_seconds_after_finished,
+            # The downloader exits with EXIT_INVALID when retrying cannot help (say, an
+            # unsupported URI scheme): fail the Job at once instead of six pods later.
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": CONTAINER_NAME,
+                            "operator": "In",
+                            "values": [EXIT_INVALID],
+                        },
+                    }
+                ]
+            },
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
     }
@@ -97,6 +112,15 @@ def job_model_status(job: dict[str, Any]) -> ModelStatus:
     if status.get("ready", 0) > 0:
         return ModelStatus.DOWNLOADING
     return ModelStatus.DOWNLOAD_PENDING
+
+
+def failure_message(job: dict[str, Any]) -> str:
+    """Why a Job failed, from its Failed condition, for Events and logs."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Failed" and condition.get("status") == "True":
+            return f"{condition.get('reason', 'Failed')}: {condition.get('message', '')}".strip()
+    failed = (job.get("status") or {}).get("failed", 0)
+    return f"{failed} download pod(s) failed; the Job may still retry"
 
 
 def jobs_of(

@@ -18,7 +18,7 @@ import structlog
 
 from controller import metrics
 from controller.agent.disk import ModelDirectory
-from controller.agent.jobs import build_job, job_model_status, jobs_of
+from controller.agent.jobs import build_job, failure_message, job_model_status, jobs_of
 from controller.api import kinds
 from controller.api.naming import (
     download_pvc_name,
@@ -31,6 +31,7 @@ from controller.api.status import CONDITION_READY, ModelStatus, set_condition
 from controller.config import LocalModelConfig
 from controller.kube.client import KubeClient
 from controller.kube.errors import NotFound
+from controller.kube.events import WARNING, EventRecorder
 from controller.kube.patches import is_being_deleted, resource_version_guard
 from controller.kube.resources import JOBS
 from controller.runtime.controller import Result
@@ -59,6 +60,7 @@ class NodeReconciler:
         claims: Informer,
         nodes: Informer,
         node_groups: Informer,
+        recorder: EventRecorder,
     ) -> None:
         self.client = client
         self.node_name = node_name
@@ -69,7 +71,9 @@ class NodeReconciler:
         self.claims = claims
         self.nodes = nodes
         self.node_groups = node_groups
+        self.recorder = recorder
         self._expected_jobs: dict[str, tuple[str, float]] = {}  # status key -> (job, created)
+        self._reported_failures: set[str] = set()  # Jobs whose failure has an Event already
 
     async def reconcile(self, name: str) -> Result | None:
         if name != self.node_name:
@@ -93,6 +97,7 @@ class NodeReconciler:
                 by_storage_key[model_key] = state.value
             new_status[key] = by_storage_key[model_key]
         await self.directory.remove_unwanted(set(by_storage_key))
+        self._reported_failures &= {job["metadata"]["name"] for job in self.jobs.list()}
 
         await self._write_status(local_model_node, new_status)
         for state in ModelStatus:
@@ -131,7 +136,22 @@ class NodeReconciler:
                 hint="the node group's PV path must be the agent's host path",
             )
             return ModelStatus.DOWNLOAD_ERROR
+        if state is ModelStatus.DOWNLOAD_ERROR:
+            await self._report_failure(local_model_node, key, latest)
         return state
+
+    async def _report_failure(
+        self, local_model_node: dict[str, Any], key: str, job: dict[str, Any]
+    ) -> None:
+        job_name = job["metadata"]["name"]
+        if job_name in self._reported_failures:
+            return
+        self._reported_failures.add(job_name)
+        message = f"model {key}: download job {job_name} failed: {failure_message(job)}"
+        log.warning("model download failed", model=key, job=job_name, reason=failure_message(job))
+        await self.recorder.record(
+            local_model_node, type=WARNING, reason="DownloadFailed", message=message
+        )
 
     async def _start_download(
         self, local_model_node: dict[str, Any], key: str, entry: dict[str, Any]

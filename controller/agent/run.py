@@ -13,6 +13,7 @@ from controller.agent.node_reconciler import CONTROLLER_NAME, NodeReconciler
 from controller.api import kinds
 from controller.api.naming import JOB_LABEL_NODE
 from controller.kube.client import KubeClient
+from controller.kube.events import EventRecorder
 from controller.kube.resources import JOBS, NODES, PERSISTENT_VOLUME_CLAIMS
 from controller.runtime.controller import Controller
 from controller.runtime.informer import UPDATED, Event
@@ -68,6 +69,7 @@ async def run(options: AgentOptions) -> int:
         claims=claims,
         nodes=nodes,
         node_groups=node_groups,
+        recorder=EventRecorder(client, component="localmodel-agent"),
     )
     controller = Controller(CONTROLLER_NAME, reconciler.reconcile, informers=process.informers)
 

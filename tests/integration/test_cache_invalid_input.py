@@ -79,3 +79,33 @@ async def test_cache_with_unknown_node_group_reports_it_and_creates_nothing(
     assert stack.exited() == []
     reconciled = 'controller_runtime_reconcile_total{controller="localmodelcache",result="success"}'
     assert (await manager_metric(stack, reconciled) or 0) > 0
+
+
+async def test_cache_with_unsupported_scheme_fails_fast_with_a_clear_reason(
+    kube: KubeClient, stack: Stack, node_group: str, make_cache: MakeCache, unique_name
+) -> None:
+    name = unique_name("s3")
+    await make_cache(name, uri=f"s3://bucket/{name}", node_groups=[node_group])
+
+    async def failed_everywhere() -> None:
+        cache = await kube.get(kinds.LOCAL_MODEL_CACHES, name)
+        status = cache.get("status") or {}
+        assert status.get("nodeStatus") == {node: "NodeDownloadError" for node in WORKERS}
+        assert status.get("copies") == {"available": 0, "total": 2, "failed": 2}
+        ready = [c for c in status["conditions"] if c["type"] == "Ready"]
+        assert ready[0]["reason"] == "DownloadFailed", ready
+
+    # One failed pod fails the Job (exit code 2 means retrying cannot help): no six retries.
+    await eventually(failed_everywhere, timeout=60)
+
+    async def explained_on_each_node() -> None:
+        events = await kube.list(EVENTS, namespace="default")
+        reasons = {
+            e["involvedObject"]["name"]: e["message"]
+            for e in events["items"]
+            if e["reason"] == "DownloadFailed" and name in e["message"]
+        }
+        assert set(reasons) == set(WORKERS), reasons
+        assert all("exit code 2" in message for message in reasons.values()), reasons
+
+    await eventually(explained_on_each_node, timeout=30)
