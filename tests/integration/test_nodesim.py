@@ -287,7 +287,10 @@ async def test_deleted_pod_is_killed_and_removed(
     simulator = await simulate([SimulatedNode(node)])
     pod = unique_name("pod")
     marker = simulator.node_dir(node) / f"{pod}.pid"
-    script = f"import os, time; open({str(marker)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
+    # The container records its pid, then blocks until a signal ends it.
+    script = (
+        f"import os, signal; open({str(marker)!r}, 'w').write(str(os.getpid())); signal.pause()"
+    )
     body = _pod(pod, node=node, command=["python", "-c", script])
     await kube.create(PODS, body, namespace=namespace)
 
