@@ -12,7 +12,10 @@ import os
 import sys
 from pathlib import Path
 
+import structlog
+
 from controller import logs
+from controller.config import ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,6 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(
         level=args.log_level, json=None if args.log_format == "auto" else args.log_format == "json"
     )
+    try:
+        return _run(args)
+    except ConfigError as exc:
+        # Exit (Kubernetes restarts us with backoff) with one line that says what to fix.
+        structlog.get_logger(__name__).error("invalid configuration", error=str(exc))
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "download":
         from controller.download import main as download_main
 

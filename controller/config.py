@@ -39,10 +39,12 @@ class LocalModelConfig:
     job_ttl_seconds_after_finished: int = 3600  # jobTTLSecondsAfterFinished
     reconcile_frequency_seconds: int = 60  # reconcilationFrequencyInSecs (sic)
     disable_volume_management: bool = False  # disableVolumeManagement
-    download_image: str = DEFAULT_DOWNLOAD_IMAGE  # storageInitializer.image in KServe
+    # Not from the ConfigMap: KServe's storageInitializer.image cannot run our downloader, which
+    # writes the completion marker the agent relies on. Set with the agent's --download-image.
+    download_image: str = DEFAULT_DOWNLOAD_IMAGE
 
     @classmethod
-    def from_json(cls, text: str, *, storage_initializer: str | None = None) -> LocalModelConfig:
+    def from_json(cls, text: str) -> LocalModelConfig:
         try:
             raw = json.loads(text)
         except ValueError as exc:
@@ -61,15 +63,8 @@ class LocalModelConfig:
         for key, (field, kind) in mapping.items():
             if key in raw and raw[key] is not None:
                 if not isinstance(raw[key], kind) or (kind is int and isinstance(raw[key], bool)):
-                    raise ConfigError(f"{CONFIGMAP_KEY}.{key} must be a {kind.__name__}")
+                    raise ConfigError(f"{CONFIGMAP_KEY}.{key} must be of type {kind.__name__}")
                 fields[field] = raw[key]
-        if storage_initializer:
-            try:
-                image = (json.loads(storage_initializer) or {}).get("image")
-            except ValueError as exc:
-                raise ConfigError(f"storageInitializer is not valid JSON: {exc}") from exc
-            if image:
-                fields["download_image"] = image
         return replace(config, **fields)
 
 
@@ -81,8 +76,6 @@ async def load(client: KubeClient, *, namespace: str) -> LocalModelConfig:
         log.info("configmap not found, using defaults", namespace=namespace, name=CONFIGMAP_NAME)
         return LocalModelConfig()
     data = configmap.get("data") or {}
-    config = LocalModelConfig.from_json(
-        data.get(CONFIGMAP_KEY) or "{}", storage_initializer=data.get("storageInitializer")
-    )
+    config = LocalModelConfig.from_json(data.get(CONFIGMAP_KEY) or "{}")
     log.info("configuration loaded", namespace=namespace, name=CONFIGMAP_NAME, config=config)
     return config
