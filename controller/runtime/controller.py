@@ -4,8 +4,9 @@ Outcomes, as controller-runtime defines them:
 - `Result()` or None: success; the key's backoff is forgotten.
 - `Result(requeue_after=s)`: forget the backoff, reconcile again in `s` seconds.
 - `TerminalError`: logged and counted, not retried (a later event will bring the key back).
-- a write conflict (409, or 422 from a failed JSON-patch test): retried with backoff, counted in
-  `localmodel_reconcile_conflicts_total`, logged at debug; the cache was just behind.
+- a write conflict (409, or 422 from a failed JSON-patch test): retried with backoff, counted as
+  result "requeue" and in `localmodel_reconcile_conflicts_total`, logged at debug; the store was
+  just behind.
 - any other error: retried with per-key exponential backoff and logged as a warning.
 Workers start only after every informer the controller reads has synced.
 """
@@ -150,7 +151,9 @@ class Controller:
                 self.queue.forget(key)
                 log.error("reconcile failed terminally", error=str(exc))
             except KubeError as exc:
-                outcome = "error"
+                # A conflict is an expected, retried condition: counted apart from errors, so
+                # that alerts on result="error" mean something is really wrong.
+                outcome = "requeue" if _is_conflict(exc) else "error"
                 self._retry(key, exc)
             except Exception as exc:
                 outcome = "error"

@@ -312,6 +312,9 @@ class ControlPlane:
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
                 "--endpoint-reconciler-type=none",
+                # Reach "kubelets" (kubectl logs/exec) by the InternalIP the node simulator
+                # reports, 127.0.0.1, never by resolving a node's hostname through DNS.
+                "--kubelet-preferred-address-types=InternalIP",
                 f"--secure-port={api_port}",
                 f"--cert-dir={self.pki_dir}",
                 f"--tls-cert-file={certs.serving_cert}",

@@ -7,7 +7,6 @@ our samples apply without losing fields. No controller runs here: only the API s
 
 from __future__ import annotations
 
-import copy
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import yaml
 from controller.api import kinds
 from controller.api.status import ModelStatus, NodeStatus
 from controller.kube.client import KubeClient
-from controller.kube.errors import Invalid, NotFound
+from controller.kube.errors import Conflict, Invalid, NotFound
 from controller.kube.resources import CUSTOM_RESOURCE_DEFINITIONS, STORAGE_CLASSES, Resource
 from controller.testing.waiting import eventually
 
@@ -261,13 +260,21 @@ async def test_changing_source_model_uri_is_rejected(
     name = created["metadata"]["name"]
     new_uri = "hf://sentence-transformers/all-mpnet-base-v2"
 
+    async def put_new_uri() -> None:
+        # The session's manager writes to new caches too (finalizer, status): PUT the latest
+        # version, and try again when it raced such a write.
+        changed = await kube.get(resource, name, namespace=ns)
+        changed["spec"]["sourceModelUri"] = new_uri
+        try:
+            await kube.replace(resource, name, changed, namespace=ns)
+        except Conflict as exc:
+            raise AssertionError(f"raced another writer: {exc}") from exc
+
     with pytest.raises(Invalid) as caught:
         if verb == "patch":
             await kube.patch(resource, name, {"spec": {"sourceModelUri": new_uri}}, namespace=ns)
         else:
-            changed = copy.deepcopy(created)
-            changed["spec"]["sourceModelUri"] = new_uri
-            await kube.replace(resource, name, changed, namespace=ns)
+            await eventually(put_new_uri, timeout=10)
 
     assert "StorageUri is immutable" in caught.value.message
     stored = await kube.get(resource, name, namespace=ns)
