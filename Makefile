@@ -16,7 +16,9 @@ help:
 	@echo "make integration  run integration tests only"
 	@echo "make e2e          run the end-to-end tests (the whole product on simulated nodes)"
 	@echo "make lint         ruff check and format check"
+	@echo "make format       apply ruff's fixes and formatting"
 	@echo "make binaries     build the Kubernetes binaries into the cache (skipped when present)"
+	@echo "make clean        remove .venv, .dev and tool caches (not the Kubernetes binaries)"
 
 venv: $(STAMP)
 

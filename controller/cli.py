@@ -113,4 +113,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     from controller.testing.dev import run as run_dev
 
-    return asyncio.run(run_dev(workdir=args.workdir, node_count=args.nodes))
+    try:
+        return asyncio.run(run_dev(workdir=args.workdir, node_count=args.nodes))
+    except KeyboardInterrupt:  # Ctrl-C before the cluster was up; everything is stopped by now
+        return 130

@@ -9,11 +9,13 @@ running until Ctrl-C and prints how to look around.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import shutil
 import signal
 import socket
+import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
@@ -42,6 +44,10 @@ def say(message: str) -> None:
 
 
 async def run(*, workdir: Path, node_count: int) -> int:
+    lock = await asyncio.to_thread(_lock, workdir)
+    if lock is None:
+        print(f"error: another `make dev` is using {workdir}; stop it first", file=sys.stderr)
+        return 1
     workdir = await asyncio.to_thread(_fresh_directory, workdir)
     # With three or more nodes the last one is outside the node group, to show it gets nothing.
     nodes = [
@@ -62,6 +68,12 @@ async def run(*, workdir: Path, node_count: int) -> int:
             workdir, kubeconfig=plane.kubeconfig, nodes=nodes, model_server_port=_model_port()
         )
         await asyncio.to_thread(stack.start)
+        if stack.model_server_port != DEFAULT_MODEL_PORT:
+            say(
+                f"port {DEFAULT_MODEL_PORT} is busy: the model server listens on "
+                f"{stack.model_server_port}, and the sample cache is applied with that URI "
+                "(manifests/samples/cache.yaml as is would point at whatever uses the port)"
+            )
         async with await KubeClient.from_kubeconfig(plane.kubeconfig) as client:
             cache = await _apply_samples(client, model_url=stack.model_url())
             say(f"caching {cache['spec']['sourceModelUri']} onto {', '.join(workers)}")
@@ -75,6 +87,17 @@ async def run(*, workdir: Path, node_count: int) -> int:
         if stack is not None:
             await asyncio.to_thread(stack.stop)
         await asyncio.to_thread(plane.stop)
+
+
+def _lock(workdir: Path) -> IO[bytes] | None:
+    """Hold `<workdir>.lock` for the life of the process; None when another run holds it."""
+    handle = workdir.resolve().with_name(workdir.name + ".lock").open("wb")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle  # the lock lasts as long as this open file
 
 
 def _fresh_directory(workdir: Path) -> Path:
@@ -148,7 +171,9 @@ The cluster keeps running until Ctrl-C. To look around:
   ls {stack.workdir / "nodes"}/*/models/models
 
 Manager metrics: {stack.manager_metrics_url}
+Agent metrics:   {", ".join(stack.agent_metrics_url(node.name) for node in stack.nodes)}
 Process logs:    {stack.log_dir}
+Pod logs:        {stack.workdir / "nodes"}/<node>/pods/<namespace>_<pod>_<uid>/logs/
 """,
         flush=True,
     )

@@ -144,6 +144,8 @@ class ModelServer:
             raise RuntimeError("the model server is already started")
         self._cache_dir = Path(tempfile.mkdtemp(prefix="modelserver-"))
         app = web.Application()
+        # Registered before the catch-all, so a readiness probe never streams a model.
+        app.router.add_get("/.well-known/healthz", self._healthz)
         app.router.add_route("*", "/{path:.*}", self._handle)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -156,6 +158,10 @@ class ModelServer:
         self._runner = runner
         self._port = runner.addresses[0][1]
         log.info("model server started", url=self.base_url)
+
+    @staticmethod
+    async def _healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
 
     async def stop(self) -> None:
         """Stop serving and remove the archive cache. Safe to call twice."""

@@ -63,6 +63,7 @@ class Stack:
         self.manager_metrics_port = free_port()
         self.nodesim_control_port = free_port()
         self.manager_log = self.log_dir / "manager.log"
+        self.agent_metrics_ports = {node.name: free_port() for node in self.nodes}
         self._processes: list[ManagedProcess] = []
 
     # --- addresses ------------------------------------------------------------------------
@@ -84,6 +85,9 @@ class Stack:
     @property
     def manager_metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.manager_metrics_port}/metrics"
+
+    def agent_metrics_url(self, node: str) -> str:
+        return f"http://127.0.0.1:{self.agent_metrics_ports[node]}/metrics"
 
     @property
     def nodesim_control_url(self) -> str:
@@ -145,7 +149,8 @@ class Stack:
                 "--directory", f"{MODEL_NAME}={minilm_model_dir()}",
             ],
         )  # fmt: skip
-        wait_healthy(process, self.model_url(), context=None, deadline=deadline)
+        health = f"http://127.0.0.1:{self.model_server_port}/.well-known/healthz"
+        wait_healthy(process, health, context=None, deadline=deadline)
 
     def _start_node_simulator(self, deadline: float) -> None:
         node_args = []
@@ -191,7 +196,7 @@ class Stack:
                 "--node-name", node,
                 "--models-root", str(self.models_root(node)),
                 "--job-namespace", self.job_namespace,
-                "--metrics-bind-address", "0",
+                "--metrics-bind-address", f"127.0.0.1:{self.agent_metrics_ports[node]}",
                 "--health-probe-bind-address", f"127.0.0.1:{probe_port}",
             ],
         )  # fmt: skip
