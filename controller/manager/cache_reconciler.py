@@ -107,10 +107,12 @@ class CacheReconciler:
         group_names = list((cache.get("spec") or {}).get("nodeGroups") or [])
         missing = [group for group in group_names if self.node_groups.get(group) is None]
         if missing or not group_names:
-            # Nothing is created for a cache whose groups are unknown; a new group brings it back.
+            # Nothing is created or removed while a group is unknown (a new group brings the
+            # cache back), so nodes keep their copies and the status keeps reporting them.
             names = ", ".join(missing) or "(none)"
+            kept = dict((cache.get("status") or {}).get("nodeStatus") or {})
             await self._write_status(
-                cache, {}, reason="NodeGroupNotFound",
+                cache, kept, reason="NodeGroupNotFound",
                 message=f"LocalModelNodeGroup not found: {names}", ready=False, warn=True,
             )  # fmt: skip
             return None

@@ -32,6 +32,17 @@ async def test_cache_is_deleted_even_after_its_node_group_was_deleted_first(
     await kube.delete(kinds.LOCAL_MODEL_NODE_GROUPS, group)  # no finalizer: gone at once
     with pytest.raises(NotFound):
         await kube.get(kinds.LOCAL_MODEL_NODE_GROUPS, group)
+
+    async def reported_but_kept() -> None:
+        status = (await kube.get(kinds.LOCAL_MODEL_CACHES, name))["status"]
+        ready = [c for c in status["conditions"] if c["type"] == "Ready"]
+        assert ready[0]["reason"] == "NodeGroupNotFound", ready
+        # The nodes keep their copies while the group is gone, and the status says so.
+        assert set(status["nodeStatus"]) == set(WORKERS), status
+        for node in WORKERS:
+            assert len(await entries_on(kube, node, name)) == 1, node
+
+    await eventually(reported_but_kept, timeout=30)
     await kube.delete(kinds.LOCAL_MODEL_CACHES, name)
 
     await eventually(lambda: cache_is_gone(kube, name), timeout=30)
