@@ -58,6 +58,7 @@ class NodeReconciler:
         local_model_nodes: Informer,
         jobs: Informer,
         claims: Informer,
+        pods: Informer,
         nodes: Informer,
         node_groups: Informer,
         recorder: EventRecorder,
@@ -69,6 +70,7 @@ class NodeReconciler:
         self.local_model_nodes = local_model_nodes
         self.jobs = jobs
         self.claims = claims
+        self.pods = pods
         self.nodes = nodes
         self.node_groups = node_groups
         self.recorder = recorder
@@ -147,8 +149,14 @@ class NodeReconciler:
         if job_name in self._reported_failures:
             return
         self._reported_failures.add(job_name)
-        message = f"model {key}: download job {job_name} failed: {failure_message(job)}"
-        log.warning("model download failed", model=key, job=job_name, reason=failure_message(job))
+        reason = failure_message(job)
+        pod_message = self._termination_message(job_name)
+        message = f"model {key}: download job {job_name} failed: {reason}"
+        if pod_message:
+            message += f"; the download said: {pod_message}"
+        log.warning(
+            "model download failed", model=key, job=job_name, reason=reason, output=pod_message
+        )
         await self.recorder.record(
             local_model_node, type=WARNING, reason="DownloadFailed", message=message
         )
@@ -181,6 +189,18 @@ class NodeReconciler:
         metrics.DOWNLOAD_JOBS_CREATED.inc()
         log.info("download job created", model=key, job=job_name, uri=entry["sourceModelUri"])
         return ModelStatus.DOWNLOAD_PENDING
+
+    def _termination_message(self, job_name: str) -> str:
+        """The last lines a failed download pod of `job_name` wrote, as its kubelet kept them."""
+        for pod in self.pods.list():
+            labels = pod["metadata"].get("labels") or {}
+            if labels.get("batch.kubernetes.io/job-name", labels.get("job-name")) != job_name:
+                continue
+            for container in (pod.get("status") or {}).get("containerStatuses") or []:
+                terminated = (container.get("state") or {}).get("terminated") or {}
+                if terminated.get("exitCode") and terminated.get("message"):
+                    return str(terminated["message"]).strip().splitlines()[-1][:500]
+        return ""
 
     def _job_still_expected(self, key: str, jobs: list[dict[str, Any]]) -> bool:
         expected = self._expected_jobs.get(key)

@@ -14,7 +14,7 @@ from controller.api import kinds
 from controller.api.naming import JOB_LABEL_NODE
 from controller.kube.client import KubeClient
 from controller.kube.events import EventRecorder
-from controller.kube.resources import JOBS, NODES, PERSISTENT_VOLUME_CLAIMS
+from controller.kube.resources import JOBS, NODES, PERSISTENT_VOLUME_CLAIMS, PODS
 from controller.runtime.controller import Controller
 from controller.runtime.informer import UPDATED, Event
 from controller.runtime.process import Process
@@ -56,6 +56,12 @@ async def run(options: AgentOptions) -> int:
         label_selector=f"{JOB_LABEL_NODE}={options.node_name}",
     )
     claims = process.informer(PERSISTENT_VOLUME_CLAIMS, namespace=settings.job_namespace)
+    # Download pods carry the Job's labels; their termination message says why one failed.
+    pods = process.informer(
+        PODS,
+        namespace=settings.job_namespace,
+        label_selector=f"{JOB_LABEL_NODE}={options.node_name}",
+    )
     nodes = process.informer(NODES, field_selector=own_name)
     node_groups = process.informer(kinds.LOCAL_MODEL_NODE_GROUPS)
 
@@ -67,6 +73,7 @@ async def run(options: AgentOptions) -> int:
         local_model_nodes=local_model_nodes,
         jobs=jobs,
         claims=claims,
+        pods=pods,
         nodes=nodes,
         node_groups=node_groups,
         recorder=EventRecorder(client, component="localmodel-agent"),

@@ -106,6 +106,8 @@ async def test_cache_with_unsupported_scheme_fails_fast_with_a_clear_reason(
             if e["reason"] == "DownloadFailed" and name in e["message"]
         }
         assert set(reasons) == set(WORKERS), reasons
-        assert all("exit code 2" in message for message in reasons.values()), reasons
+        for message in reasons.values():
+            assert "exit code 2" in message, message
+            assert "unsupported URI scheme: s3" in message, message
 
     await eventually(explained_on_each_node, timeout=30)

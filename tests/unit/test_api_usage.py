@@ -81,6 +81,7 @@ API_USES: tuple[Use, ...] = (
     *_list_watch("agent", group="", resource="nodes"),
     *_list_watch("agent", group="batch", resource="jobs", namespace=JOBS_NAMESPACE),
     *_list_watch("agent", group="", resource="persistentvolumeclaims", namespace=JOBS_NAMESPACE),
+    *_list_watch("agent", group="", resource="pods", namespace=JOBS_NAMESPACE),
     Use("agent", "create", "batch", "jobs", namespace=JOBS_NAMESPACE),
     Use("agent", "delete", "batch", "jobs", namespace=JOBS_NAMESPACE),
     Use("agent", "patch", SERVING, "localmodelnodes", "status"),
