@@ -22,6 +22,7 @@ from controller.agent.jobs import build_job, failure_message, job_model_status, 
 from controller.api import kinds
 from controller.api.naming import (
     download_pvc_name,
+    is_valid_label_value,
     status_key,
     status_key_from_job_labels,
     storage_key,
@@ -30,7 +31,7 @@ from controller.api.nodes import node_in_group
 from controller.api.status import CONDITION_READY, ModelStatus, set_condition
 from controller.config import LocalModelConfig
 from controller.kube.client import KubeClient
-from controller.kube.errors import NotFound
+from controller.kube.errors import Invalid, NotFound
 from controller.kube.events import WARNING, EventRecorder
 from controller.kube.patches import is_being_deleted, resource_version_guard
 from controller.kube.resources import JOBS
@@ -76,6 +77,7 @@ class NodeReconciler:
         self.recorder = recorder
         self._expected_jobs: dict[str, tuple[str, float]] = {}  # status key -> (job, created)
         self._reported_failures: set[str] = set()  # Jobs whose failure has an Event already
+        self._reported_rejections: dict[str, str] = {}  # status key -> last rejection reported
 
     async def reconcile(self, name: str) -> Result | None:
         if name != self.node_name:
@@ -95,11 +97,22 @@ class NodeReconciler:
             model_key = storage_key(entry["sourceModelUri"])
             if model_key not in by_storage_key:
                 # Entries with the same URI share one directory, one Job and one status.
-                state = await self._model_status(local_model_node, key, entry, model_key)
+                problem = _entry_problem(entry)
+                try:
+                    if problem is not None:
+                        raise EntryRejected(problem)
+                    state = await self._model_status(local_model_node, key, entry, model_key)
+                except (EntryRejected, Invalid) as exc:
+                    # This model's Job can never be created; the node's other models go on.
+                    state = ModelStatus.DOWNLOAD_ERROR
+                    reason = exc.message if isinstance(exc, Invalid) else str(exc)
+                    await self._report_rejection(local_model_node, key, reason)
                 by_storage_key[model_key] = state.value
             new_status[key] = by_storage_key[model_key]
         await self.directory.remove_unwanted(set(by_storage_key))
         self._reported_failures &= {job["metadata"]["name"] for job in self.jobs.list()}
+        for key in set(self._reported_rejections) - set(wanted):
+            del self._reported_rejections[key]
 
         await self._write_status(local_model_node, new_status)
         for state in ModelStatus:
@@ -190,6 +203,18 @@ class NodeReconciler:
         log.info("download job created", model=key, job=job_name, uri=entry["sourceModelUri"])
         return ModelStatus.DOWNLOAD_PENDING
 
+    async def _report_rejection(
+        self, local_model_node: dict[str, Any], key: str, reason: str
+    ) -> None:
+        if self._reported_rejections.get(key) == reason:
+            return
+        self._reported_rejections[key] = reason
+        message = f"model {key}: no download job can be created: {reason}"
+        log.warning("download job rejected", model=key, error=reason)
+        await self.recorder.record(
+            local_model_node, type=WARNING, reason="DownloadJobRejected", message=message
+        )
+
     def _termination_message(self, job_name: str) -> str:
         """The last lines a failed download pod of `job_name` wrote, as its kubelet kept them."""
         for pod in self.pods.list():
@@ -270,6 +295,21 @@ class NodeReconciler:
             subresource="status",
         )
         log.info("model status written", models=status)
+
+
+class EntryRejected(Exception):
+    """Raised for a LocalModelNode entry whose download Job could never be created."""
+
+
+def _entry_problem(entry: dict[str, Any]) -> str | None:
+    """Why no Job can ever serve `entry` (its names become label values), or None."""
+    for field in ("modelName", "namespace"):
+        value = entry.get(field)
+        if value and not is_valid_label_value(value):
+            return f"{field} {value!r} is not a valid label value (at most 63 characters)"
+    if not entry.get("sourceModelUri"):
+        return "sourceModelUri is empty"
+    return None
 
 
 def _readiness(status: dict[str, str]) -> dict[str, str]:

@@ -21,7 +21,14 @@ import structlog
 
 from controller import metrics
 from controller.api import kinds
-from controller.api.naming import download_pv_name, download_pvc_name
+from controller.api.naming import (
+    LABEL_VALUE_MAX_LENGTH,
+    download_pv_name,
+    download_pvc_name,
+    is_valid_label_value,
+    is_valid_object_name,
+)
+from controller.api.nodes import group_node_selector, node_selector_problems
 from controller.api.status import (
     CONDITION_READY,
     NodeStatus,
@@ -32,7 +39,7 @@ from controller.api.status import (
 )
 from controller.config import LocalModelConfig
 from controller.kube.client import KubeClient
-from controller.kube.errors import AlreadyExists, NotFound
+from controller.kube.errors import AlreadyExists, Invalid, NotFound
 from controller.kube.events import WARNING, EventRecorder
 from controller.kube.patches import (
     add_finalizer,
@@ -116,20 +123,47 @@ class CacheReconciler:
                 message=f"LocalModelNodeGroup not found: {names}", ready=False, warn=True,
             )  # fmt: skip
             return None
-        groups = [(group, self.node_groups.get(group) or {}) for group in group_names]
+        group_names = list(dict.fromkeys(group_names))  # a name listed twice counts once
+        problems = _name_problems(cache["metadata"]["name"], group_names)
+        if problems:
+            # Children with such names would be rejected at every retry: create nothing.
+            await self._write_status(
+                cache, {}, reason="InvalidName", message="; ".join(problems), ready=False,
+                warn=True,
+            )  # fmt: skip
+            return None
+        groups = []
+        for group_name in group_names:
+            group = self.node_groups.get(group_name) or {}
+            issues = node_selector_problems(group_node_selector(group))
+            if issues:
+                problems.append(f"LocalModelNodeGroup {group_name}: {'; '.join(issues)}")
+            else:
+                groups.append((group_name, group))
 
+        # Usable groups are served even when others are broken; the condition names the rest.
         waiting: list[str] = []
         for group_name, group in groups:
-            waiting += await self._ensure_download_volumes(cache, group_name, group)
+            group_waiting, group_problems = await self._ensure_download_volumes(
+                cache, group_name, group
+            )
+            waiting += group_waiting
+            problems += group_problems
         placements = place(self.nodes.list(), groups)
         await self._write_entries(cache, placements)
         await self._remove_entries(cache, keep=placements)
 
         node_status = self._node_status(cache, placements)
+        if problems:
+            await self._write_status(
+                cache, node_status, reason="InvalidNodeGroup", message="; ".join(problems),
+                ready=False, warn=True,
+            )  # fmt: skip
+            return None
         if waiting:
             await self._write_status(
                 cache, node_status, reason="WaitingForVolumes", ready=False,
-                message=f"waiting for {', '.join(waiting)} of an earlier object to be deleted",
+                message=f"waiting to create {', '.join(waiting)}",
             )  # fmt: skip
             return Result(requeue_after=WAIT_FOR_CHILD_SECONDS)
         await self._write_status(cache, node_status, **_readiness(node_status, group_names))
@@ -139,8 +173,11 @@ class CacheReconciler:
 
     async def _ensure_download_volumes(
         self, cache: dict[str, Any], group_name: str, group: dict[str, Any]
-    ) -> list[str]:
-        """Create the group's download PV and PVC if absent; return those we must wait for."""
+    ) -> tuple[list[str], list[str]]:
+        """Create the group's download PV and PVC if absent.
+
+        Returns what we must wait for, and what the API server rejected (with its reason).
+        """
         cache_name = cache["metadata"]["name"]
         group_spec = group.get("spec") or {}
         pv_name = download_pv_name(cache_name, group_name)
@@ -165,29 +202,48 @@ class CacheReconciler:
                 "volumeName": pv_name,
             },
         }
-        waiting = []
-        if not await self._ensure_child(cache, PERSISTENT_VOLUMES, self.volumes, pv):
-            waiting.append(f"PersistentVolume {pv_name}")
-        if not await self._ensure_child(cache, PERSISTENT_VOLUME_CLAIMS, self.claims, pvc):
-            waiting.append(f"PersistentVolumeClaim {namespace}/{pvc_name}")
-        return waiting
+        waiting, problems = [], []
+        for label, (wait, rejected) in (
+            (
+                f"PersistentVolume {pv_name}",
+                await self._ensure_child(cache, PERSISTENT_VOLUMES, self.volumes, pv),
+            ),
+            (
+                f"PersistentVolumeClaim {namespace}/{pvc_name}",
+                await self._ensure_child(cache, PERSISTENT_VOLUME_CLAIMS, self.claims, pvc),
+            ),
+        ):
+            if wait is not None:
+                waiting.append(f"{label} ({wait})")
+            if rejected is not None:
+                problems.append(f"LocalModelNodeGroup {group_name}: {label} rejected: {rejected}")
+        return waiting, problems
 
     async def _ensure_child(
         self, cache: dict[str, Any], resource: Resource, store: Informer, desired: dict[str, Any]
-    ) -> bool:
-        """True when the child exists and is ours; create it when absent; never adopt."""
+    ) -> tuple[str | None, str | None]:
+        """Create the child when absent. Returns (why we wait, why it was rejected), both None
+        when the child exists and is ours.
+
+        A child that is terminating or controlled by another object is never adopted. A child
+        the API server rejects comes from a wrong node group template: retrying cannot help.
+        """
         meta = desired["metadata"]
         existing = store.get(meta["name"], meta.get("namespace"))
         if existing is not None:
-            if is_being_deleted(existing) or _controller_uid(existing) != cache["metadata"]["uid"]:
-                log.info(
-                    "child not usable yet", kind=resource.kind, name=meta["name"],
-                    terminating=is_being_deleted(existing), owner_uid=_controller_uid(existing),
-                )  # fmt: skip
-                return False
-            return True
+            owner = _controller_uid(existing)
+            if is_being_deleted(existing):
+                reason = "being deleted"
+            elif owner != cache["metadata"]["uid"]:
+                reason = f"controlled by another object (uid {owner})" if owner else "not ours"
+            else:
+                return None, None
+            log.info("child not usable yet", kind=resource.kind, name=meta["name"], reason=reason)
+            return reason, None
         try:
             await self.client.create(resource, desired, namespace=meta.get("namespace"))
+        except Invalid as exc:
+            return None, exc.message
         except AlreadyExists as exc:
             # Our store has not seen it yet, or the old one is still being deleted: its events
             # bring this cache back, so wait rather than fail.
@@ -195,9 +251,9 @@ class CacheReconciler:
                 "child exists already", kind=resource.kind, name=meta["name"],
                 being_deleted=exc.being_deleted,
             )  # fmt: skip
-            return False
+            return ("being deleted" if exc.being_deleted else "not yet seen"), None
         log.info("child created", kind=resource.kind, name=meta["name"])
-        return True
+        return None, None
 
     # --- LocalModelNode entries ---------------------------------------------------------------
 
@@ -348,6 +404,24 @@ def _readiness(node_status: dict[str, str], group_names: list[str]) -> dict[str,
     if available == total:
         return {"reason": "Downloaded", "message": summary, "ready": True}
     return {"reason": "Downloading", "message": summary, "ready": False}
+
+
+def _name_problems(cache_name: str, group_names: list[str]) -> list[str]:
+    """Why names derived from the cache's name could never be created, if they could not."""
+    problems = []
+    if not is_valid_label_value(cache_name):
+        problems.append(
+            f"the name is longer than {LABEL_VALUE_MAX_LENGTH} characters, the limit of the "
+            "label that marks its download Jobs"
+        )
+    for group_name in group_names:
+        for name in (
+            download_pv_name(cache_name, group_name),
+            download_pvc_name(cache_name, group_name),
+        ):
+            if not is_valid_object_name(name):
+                problems.append(f"{name} (for node group {group_name}) is not a valid object name")
+    return problems
 
 
 def _owner_reference(cache: dict[str, Any]) -> dict[str, Any]:

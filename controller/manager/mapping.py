@@ -66,23 +66,34 @@ def on_node(caches: Informer, node_groups: Informer, enqueue: Enqueue) -> Callab
 
 
 def on_local_model_node(enqueue: Enqueue) -> Callable[[Event], None]:
-    """Status written by an agent (or a removed entry) changes the status of listed caches."""
+    """Caches whose entry or downloaded status changed on this node need their status redone.
+
+    Only the caches that changed are enqueued: an agent writes status once per model state
+    change, so enqueueing every cache on the node would make the work grow with its square.
+    """
 
     def handler(event: Event) -> None:
-        states = [event.obj] + ([event.old] if event.old is not None else [])
-        if event.type == UPDATED and event.old is not None:
-            old, new = event.old, event.obj
-            if old.get("status") == new.get("status") and old.get("spec") == new.get("spec"):
-                return
-        for state in states:
-            for entry in (state.get("spec") or {}).get("localModels") or []:
-                if not entry.get("namespace") and entry.get("modelName"):
-                    enqueue(entry["modelName"])
-            for key in ((state.get("status") or {}).get("modelStatus") or {}).keys():
-                if "/" not in key:
-                    enqueue(key)
+        new = _cluster_cache_view(event.obj)
+        old = _cluster_cache_view(event.old) if event.type == UPDATED and event.old else {}
+        if event.type != UPDATED:
+            old = {}  # an added or deleted node concerns every cache on it
+        for name in set(new) | set(old):
+            if new.get(name) != old.get(name):
+                enqueue(name)
 
     return handler
+
+
+def _cluster_cache_view(node: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Cluster cache name -> (its entry, its model status) on one LocalModelNode."""
+    view: dict[str, tuple[Any, Any]] = {}
+    for entry in (node.get("spec") or {}).get("localModels") or []:
+        if not entry.get("namespace") and entry.get("modelName"):
+            view[entry["modelName"]] = (entry, None)
+    for key, value in ((node.get("status") or {}).get("modelStatus") or {}).items():
+        if "/" not in key:
+            view[key] = (view.get(key, (None, None))[0], value)
+    return view
 
 
 def on_owned(enqueue: Enqueue) -> Callable[[Event], None]:
