@@ -14,7 +14,7 @@ from pathlib import Path
 import structlog
 
 from controller.api.naming import MODELS_DIR
-from controller.download import is_complete
+from controller.download import is_intact
 
 log = structlog.get_logger(__name__)
 
@@ -31,7 +31,8 @@ class ModelDirectory:
         self.models.mkdir(parents=True, exist_ok=True)
 
     def is_complete(self, key: str, uri: str) -> bool:
-        return is_complete(self.models / key, uri)
+        """The marker says the model is complete, and every file it counted is still there."""
+        return is_intact(self.models / key, uri)
 
     async def remove_unwanted(self, wanted_keys: set[str]) -> list[str]:
         """Delete model directories not in `wanted_keys`; plain files are left alone."""

@@ -141,6 +141,13 @@ class NodeReconciler:
         state = job_model_status(latest)
         if state is ModelStatus.DOWNLOADED:
             # The Job succeeded but the files are not (or no longer) complete on disk.
+            reported = ((local_model_node.get("status") or {}).get("modelStatus") or {}).get(key)
+            if reported == ModelStatus.DOWNLOADED:
+                # We saw it complete, so it was lost since (deleted, damaged): fetch it again,
+                # and clear the finished Jobs so that they do not count against the model.
+                log.info("model lost from disk, downloading again", model=key, uri=uri)
+                await self._delete_jobs(jobs)
+                return await self._start_download(local_model_node, key, entry)
             if len(jobs) < MAX_JOBS_PER_MODEL:
                 log.info("model folder missing, downloading again", model=key, uri=uri)
                 return await self._start_download(local_model_node, key, entry)
@@ -259,6 +266,14 @@ class NodeReconciler:
             key = status_key_from_job_labels(job["metadata"].get("labels"))
             if key is None or key in wanted or is_being_deleted(job):
                 continue
+            self._expected_jobs.pop(key, None)
+            await self._delete_jobs([job])
+
+    async def _delete_jobs(self, jobs: list[dict[str, Any]]) -> None:
+        """Delete Jobs and, in the background, their pods."""
+        for job in jobs:
+            if is_being_deleted(job):
+                continue
             try:
                 await self.client.delete(
                     JOBS,
@@ -268,8 +283,7 @@ class NodeReconciler:
                 )
             except NotFound:
                 continue
-            self._expected_jobs.pop(key, None)
-            log.info("download job deleted", model=key, job=job["metadata"]["name"])
+            log.info("download job deleted", job=job["metadata"]["name"])
 
     async def _write_status(self, local_model_node: dict[str, Any], status: dict[str, str]) -> None:
         """Write `modelStatus` and the Ready condition, when either changed."""

@@ -17,7 +17,7 @@ from controller.download.errors import (
     UnsupportedSchemeError,
 )
 from controller.download.fetching import RetryPolicy
-from controller.download.marker import MARKER_NAME, Marker, is_complete, read_marker
+from controller.download.marker import MARKER_NAME, Marker, is_complete, is_intact, read_marker
 
 __all__ = [
     "EXIT_FAILED",
@@ -32,6 +32,7 @@ __all__ = [
     "UnsupportedSchemeError",
     "download",
     "is_complete",
+    "is_intact",
     "main",
     "read_marker",
 ]

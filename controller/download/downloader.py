@@ -44,6 +44,7 @@ from controller.download.marker import (
     STAGING_PREFIX,
     fsync_directory,
     is_bookkeeping_name,
+    is_intact,
     read_marker,
     write_marker,
 )
@@ -121,7 +122,7 @@ async def download(
     async with _exclusive(dest):
         # An earlier run (or a concurrent one we waited for) may have finished the job.
         marker = read_marker(dest)
-        if marker is not None and marker.uri == uri:
+        if marker is not None and await asyncio.to_thread(is_intact, dest, uri):
             await asyncio.to_thread(_remove_leftovers, dest, keep_model=True)
             log.info("model already complete", uri=shown, dest=str(dest), files=marker.files)
             return DownloadResult(

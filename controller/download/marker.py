@@ -58,6 +58,39 @@ def is_complete(dest: Path, uri: str | None = None) -> bool:
     return marker is not None and (uri is None or marker.uri == uri)
 
 
+def measure(dest: Path) -> tuple[int, int]:
+    """Count the model's regular files and their bytes in `dest`, as the marker records them.
+
+    Our bookkeeping entries and symbolic links are not counted.
+    """
+    files = total = 0
+    for directory, directories, names in os.walk(dest):
+        if Path(directory) == Path(dest):
+            directories[:] = [name for name in directories if not is_bookkeeping_name(name)]
+            names = [name for name in names if not is_bookkeeping_name(name)]
+        for name in names:
+            path = os.path.join(directory, name)
+            if not os.path.islink(path):
+                total += os.stat(path).st_size
+                files += 1
+    return files, total
+
+
+def is_intact(dest: Path, uri: str) -> bool:
+    """Tell whether `dest` holds the complete model of `uri` and still has all of it.
+
+    Like `is_complete`, and also checks that the files and bytes the marker records are there,
+    so a model that lost files after its download no longer counts as present.
+    """
+    marker = read_marker(Path(dest))
+    if marker is None or marker.uri != uri:
+        return False
+    try:
+        return measure(Path(dest)) == (marker.files, marker.bytes)
+    except OSError:
+        return False
+
+
 def write_marker(dest: Path, *, uri: str, files: int, total_bytes: int) -> Marker:
     """Write the marker atomically (temporary file, fsync, rename, fsync of the directory)."""
     marker = Marker(

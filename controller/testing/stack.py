@@ -10,6 +10,7 @@ also the agent's models root (what the DaemonSet mounts at /mnt/models).
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -19,9 +20,10 @@ from pathlib import Path
 import structlog
 
 from controller.api.naming import MODELS_DIR
+from controller.config import CONFIGMAP_KEY, CONFIGMAP_NAME
 from controller.kube.client import KubeClient
 from controller.kube.errors import AlreadyExists
-from controller.kube.resources import NAMESPACES
+from controller.kube.resources import CONFIGMAPS, NAMESPACES
 from controller.testing.modelserver import minilm_model_dir
 from controller.testing.processes import ManagedProcess, free_port, wait_healthy
 
@@ -30,6 +32,9 @@ log = structlog.get_logger(__name__)
 JOB_NAMESPACE = "kserve-localmodel-jobs"
 MODEL_NAME = "all-MiniLM-L6-v2"
 WORKER_LABEL = {"kserve/localmodel": "worker"}
+CONFIG_NAMESPACE = "kserve"
+# Agents look at their disks this often, so a lost model comes back within seconds here.
+AGENT_RESYNC_SECONDS = 5
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
 
@@ -97,7 +102,7 @@ class Stack:
 
     def start(self) -> Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        asyncio.run(self._ensure_namespace(self.job_namespace))
+        asyncio.run(self._configure())
         deadline = time.monotonic() + START_TIMEOUT
         try:
             self._start_model_server(deadline)
@@ -204,9 +209,20 @@ class Stack:
             process, f"http://127.0.0.1:{probe_port}/readyz", context=None, deadline=deadline
         )
 
-    async def _ensure_namespace(self, name: str) -> None:
+    async def _configure(self) -> None:
+        """The jobs namespace, and KServe's ConfigMap with a short agent resync period."""
         async with await KubeClient.from_kubeconfig(self.kubeconfig) as client:
+            for namespace in (self.job_namespace, CONFIG_NAMESPACE):
+                try:
+                    await client.create(NAMESPACES, {"metadata": {"name": namespace}})
+                except AlreadyExists:
+                    pass
+            local_model = {"reconcilationFrequencyInSecs": AGENT_RESYNC_SECONDS}
+            configmap = {
+                "metadata": {"name": CONFIGMAP_NAME},
+                "data": {CONFIGMAP_KEY: json.dumps(local_model)},
+            }
             try:
-                await client.create(NAMESPACES, {"metadata": {"name": name}})
+                await client.create(CONFIGMAPS, configmap, namespace=CONFIG_NAMESPACE)
             except AlreadyExists:
                 pass

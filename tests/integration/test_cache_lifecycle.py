@@ -6,7 +6,9 @@ storage key and folders never collide with another test's.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import shutil
 from typing import Any
 
 from controller.api import kinds
@@ -158,3 +160,27 @@ async def test_cache_deleted_and_recreated_quickly_three_times_ends_healthy(
         lambda: assert_no_trace(kube, stack, name=name, group=node_group, uri=uri),
         timeout=CLEANUP_TIMEOUT,
     )
+
+
+async def test_model_lost_or_damaged_on_a_node_is_downloaded_again_every_time(
+    kube: KubeClient, stack: Stack, node_group: str, make_cache: MakeCache, unique_name
+) -> None:
+    name = unique_name("heal")
+    uri = f"{stack.model_url()}?cache={name}"
+    await make_cache(name, uri=uri, node_groups=[node_group])
+    await eventually(lambda: downloaded_everywhere(kube, name), timeout=DOWNLOAD_TIMEOUT)
+    node = WORKERS[0]
+    directory = stack.model_dir(node, storage_key(uri))
+    source = tree_digest(minilm_model_dir())
+
+    async def healed() -> None:
+        assert tree_digest(directory) == source
+        await downloaded_everywhere(kube, name)
+
+    # Lost twice (more than KServe's guard of two Jobs allows), then damaged: healed each time.
+    for damage in ("lose", "lose", "damage"):
+        if damage == "lose":
+            await asyncio.to_thread(shutil.rmtree, directory)
+        else:
+            await asyncio.to_thread((directory / "model.safetensors").unlink)
+        await eventually(healed, timeout=DOWNLOAD_TIMEOUT)

@@ -64,6 +64,7 @@ async def test_node_that_leaves_the_group_loses_the_entry_and_regains_it_on_retu
 
     await eventually(lambda: entries({leaver: 1, stayer: 1}), timeout=30)
     await kube.patch(NODES, leaver, {"metadata": {"labels": {label: None}}})
+
     async def left() -> None:
         await entries({leaver: 0, stayer: 1})
         # Status is written after the entries in the same reconcile, so it may lag a moment.
