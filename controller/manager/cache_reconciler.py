@@ -403,6 +403,10 @@ def _readiness(node_status: dict[str, str], group_names: list[str]) -> dict[str,
         return {"reason": "DownloadFailed", "message": message, "ready": False, "warn": True}
     if available == total:
         return {"reason": "Downloaded", "message": summary, "ready": True}
+    not_ready = sorted(n for n, s in node_status.items() if s == NodeStatus.NOT_READY.value)
+    if not_ready:
+        message = f"{summary}; nodes not ready: {', '.join(not_ready)}"
+        return {"reason": "NodesNotReady", "message": message, "ready": False}
     return {"reason": "Downloading", "message": summary, "ready": False}
 
 

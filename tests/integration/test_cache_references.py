@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import aiohttp
 import pytest
 
 from controller.api import kinds
@@ -11,7 +12,7 @@ from controller.kube.resources import NODES
 from controller.testing.stack import WORKER_LABEL, Stack
 from controller.testing.waiting import eventually
 from tests.integration.conftest import WORKERS, MakeCache, cache_is_gone, node_group_body
-from tests.integration.test_cache_lifecycle import entries_on
+from tests.integration.test_cache_lifecycle import downloaded_everywhere, entries_on
 
 UNREACHABLE_URI = "http://127.0.0.1:9/never.tar.gz"
 
@@ -76,3 +77,33 @@ async def test_node_that_leaves_the_group_loses_the_entry_and_regains_it_on_retu
     finally:
         await kube.patch(NODES, leaver, {"metadata": {"labels": dict(WORKER_LABEL)}})
     await eventually(lambda: entries({leaver: 1, stayer: 1}), timeout=30)
+
+
+async def set_heartbeats(stack: Stack, node: str, *, enabled: bool) -> None:
+    url = f"{stack.nodesim_control_url}/nodes/{node}/heartbeats"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json={"enabled": enabled}) as answer:
+            answer.raise_for_status()
+
+
+async def test_node_that_stops_heartbeating_is_reported_not_ready_then_recovers(
+    kube: KubeClient, stack: Stack, node_group: str, make_cache: MakeCache, unique_name
+) -> None:
+    name = unique_name("silent")
+    await make_cache(name, uri=f"{stack.model_url()}?cache={name}", node_groups=[node_group])
+    await eventually(lambda: downloaded_everywhere(kube, name), timeout=120)
+    silent, _ = WORKERS
+
+    async def reported(expected_status: str, reason: str) -> None:
+        cache = await kube.get(kinds.LOCAL_MODEL_CACHES, name)
+        assert cache["status"]["nodeStatus"][silent] == expected_status, cache["status"]
+        ready = [c for c in cache["status"]["conditions"] if c["type"] == "Ready"]
+        assert ready[0]["reason"] == reason, ready
+
+    await set_heartbeats(stack, silent, enabled=False)
+    try:
+        # The node-lifecycle controller notices after its grace period (20 s in tests).
+        await eventually(lambda: reported("NodeNotReady", "NodesNotReady"), timeout=90)
+    finally:
+        await set_heartbeats(stack, silent, enabled=True)
+    await eventually(lambda: reported("NodeDownloaded", "Downloaded"), timeout=90)
