@@ -69,3 +69,9 @@ async def consistently(
 
 def _describe(check: Callable[[], Any]) -> str:
     return getattr(check, "__qualname__", None) or repr(check)
+
+
+async def yield_to_other_tasks(turns: int = 1) -> None:
+    """Let every other ready task run `turns` times; no time passes, nothing is waited for."""
+    for _ in range(turns):
+        await asyncio.sleep(0)

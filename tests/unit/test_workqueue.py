@@ -17,7 +17,7 @@ import pytest
 from controller.metrics import REGISTRY
 from controller.runtime.ratelimit import ExponentialBackoff
 from controller.runtime.workqueue import WorkQueue
-from controller.testing.waiting import consistently, eventually
+from controller.testing.waiting import consistently, eventually, yield_to_other_tasks
 
 GET_TIMEOUT = 5.0
 
@@ -90,8 +90,7 @@ async def test_workqueue_never_hands_one_key_to_two_workers(queue: WorkQueue) ->
             in_flight.add(key)
             runs[key] += 1
             last_started[key] = next(sequence)
-            for _ in range(3):  # hold the key across a few loop turns while others run
-                await asyncio.sleep(0)
+            await yield_to_other_tasks(3)  # hold the key while the other workers run
             in_flight.discard(key)
             queue.done(key)
 
@@ -101,7 +100,7 @@ async def test_workqueue_never_hands_one_key_to_two_workers(queue: WorkQueue) ->
             for key in keys:
                 queue.add(key)
                 last_added[key] = next(sequence)
-            await asyncio.sleep(0)
+            await yield_to_other_tasks()
 
         await eventually(lambda: len(queue) == 0 and not in_flight, timeout=GET_TIMEOUT)
         await queue.shut_down_with_drain()
