@@ -109,6 +109,30 @@ class _PodRun:
     deleting: bool = False
 
 
+def local_volume(
+    name: str, *, node: str, path: str, claim: tuple[str, str] | None = None
+) -> dict[str, Any]:
+    """A `local` PersistentVolume at `path` on one simulated node (optionally pre-bound to the
+    claim (namespace, name)), as a node group's template would produce it for that node."""
+    requirement = {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}
+    spec: dict[str, Any] = {
+        "capacity": {"storage": "1Gi"},
+        "accessModes": ["ReadWriteOnce"],
+        "persistentVolumeReclaimPolicy": "Retain",
+        "storageClassName": "",
+        "local": {"path": path},
+        "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [requirement]}]}},
+    }
+    if claim is not None:
+        spec["claimRef"] = {"namespace": claim[0], "name": claim[1]}
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
 def now_time() -> str:
     """metav1.Time, second precision."""
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

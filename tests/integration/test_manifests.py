@@ -39,6 +39,7 @@ from controller.kube.resources import (
     Resource,
 )
 from controller.testing.controlplane import ControlPlane, free_port
+from controller.testing.nodesim import local_volume
 from controller.testing.waiting import eventually
 from tests.unit.test_api_usage import API_USES, JOBS_NAMESPACE, KSERVE_NAMESPACE, Use
 
@@ -795,33 +796,7 @@ async def test_manager_syncs_with_only_its_service_account_permissions(
 
 def _download_volume(name: str, node: str) -> dict[str, Any]:
     """A local PV on `node`, as a node group's template would produce it."""
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": name},
-        "spec": {
-            "capacity": {"storage": "1Gi"},
-            "accessModes": ["ReadWriteOnce"],
-            "persistentVolumeReclaimPolicy": "Retain",
-            "storageClassName": "",
-            "local": {"path": "/models"},
-            "nodeAffinity": {
-                "required": {
-                    "nodeSelectorTerms": [
-                        {
-                            "matchExpressions": [
-                                {
-                                    "key": "kubernetes.io/hostname",
-                                    "operator": "In",
-                                    "values": [node],
-                                }
-                            ]
-                        }
-                    ]
-                }
-            },
-        },
-    }
+    return local_volume(name, node=node, path="/models")
 
 
 def _download_claim(name: str, volume: str) -> dict[str, Any]:

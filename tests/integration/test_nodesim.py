@@ -29,6 +29,7 @@ from controller.testing.nodesim import (
     NodeSimulator,
     SimulatedNode,
     control_app,
+    local_volume,
     node_ready_status,
 )
 from controller.testing.waiting import eventually
@@ -149,34 +150,7 @@ async def test_job_writes_through_prebound_local_pv(
     volume, claim, job = unique_name("pv"), unique_name("pvc"), unique_name("job")
     await kube.create(
         PERSISTENT_VOLUMES,
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": volume},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadWriteOnce"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
-                "local": {"path": f"/models/{volume}"},
-                "claimRef": {"namespace": namespace, "name": claim},
-                "nodeAffinity": {
-                    "required": {
-                        "nodeSelectorTerms": [
-                            {
-                                "matchExpressions": [
-                                    {
-                                        "key": "kubernetes.io/hostname",
-                                        "operator": "In",
-                                        "values": [node],
-                                    }
-                                ]
-                            }
-                        ]
-                    }
-                },
-            },
-        },
+        local_volume(volume, node=node, path=f"/models/{volume}", claim=(namespace, claim)),
     )
     delete_later(PERSISTENT_VOLUMES, volume)
     await kube.create(
