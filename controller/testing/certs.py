@@ -75,27 +75,13 @@ class TinyCA:
         self._subject = _name(common_name, [ORGANIZATION])
         now = datetime.datetime.now(datetime.UTC)
         self._cert = (
-            x509.CertificateBuilder()
-            .subject_name(self._subject)
-            .issuer_name(self._subject)
-            .public_key(self._key.public_key())
-            .serial_number(next(self._serials))
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + CERT_VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=True,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
+            _base_builder(
+                subject=self._subject,
+                issuer=self._subject,
+                key=self._key,
+                serial=next(self._serials),
+                now=now,
+                ca=True,
             )
             .add_extension(
                 x509.SubjectKeyIdentifier.from_public_key(self._key.public_key()), critical=False
@@ -142,27 +128,13 @@ class TinyCA:
         key = _new_key()
         now = datetime.datetime.now(datetime.UTC)
         builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(self._subject)
-            .public_key(key.public_key())
-            .serial_number(next(self._serials))
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + CERT_VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=True,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
+            _base_builder(
+                subject=subject,
+                issuer=self._subject,
+                key=key,
+                serial=next(self._serials),
+                now=now,
+                ca=False,
             )
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(
@@ -230,4 +202,40 @@ def write_control_plane_certs(directory: Path) -> ControlPlaneCerts:
         service_account_private=sa_private,
         client_ca=client_ca_path,
         client_ca_authority=client_ca,
+    )
+
+
+def _base_builder(
+    *,
+    subject: x509.Name,
+    issuer: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    serial: int,
+    now: datetime.datetime,
+    ca: bool,
+) -> x509.CertificateBuilder:
+    """What every certificate here shares: validity, basic constraints and key usage."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + CERT_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=True,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=ca,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
     )
