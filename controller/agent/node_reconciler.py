@@ -33,7 +33,7 @@ from controller.config import LocalModelConfig
 from controller.kube.client import KubeClient
 from controller.kube.errors import Invalid, NotFound
 from controller.kube.events import WARNING, EventRecorder
-from controller.kube.patches import is_being_deleted, resource_version_guard
+from controller.kube.patches import is_being_deleted, replace_status
 from controller.kube.resources import JOBS
 from controller.runtime.controller import Result
 from controller.runtime.informer import Informer
@@ -298,16 +298,7 @@ class NodeReconciler:
         new = {**old, "modelStatus": status, "conditions": conditions}
         if new == old:
             return
-        await self.client.patch(
-            kinds.LOCAL_MODEL_NODES,
-            self.node_name,
-            [
-                resource_version_guard(local_model_node),
-                {"op": "add", "path": "/status", "value": new},
-            ],
-            patch_type="json",
-            subresource="status",
-        )
+        await replace_status(self.client, kinds.LOCAL_MODEL_NODES, local_model_node, new)
         log.info("model status written", models=status)
 
 

@@ -1,4 +1,4 @@
-"""Concurrency-safe edits of metadata that other controllers share: finalizers.
+"""Concurrency-safe edits: finalizers, which other controllers share, and whole spec or status.
 
 Every edit is a JSON patch whose first operation tests `metadata.resourceVersion`, so it applies
 only to the version we read. A stale read fails with 409/422 and the reconcile retries on fresh
@@ -59,6 +59,33 @@ async def remove_finalizer(
         )
     except NotFound:
         return None
+
+
+async def replace_spec(
+    client: KubeClient, resource: Resource, obj: dict[str, Any], spec: dict[str, Any]
+) -> dict[str, Any]:
+    """Set the whole spec of the version of `obj` we read; a stale read fails with 422."""
+    meta = obj["metadata"]
+    operations = [resource_version_guard(obj), {"op": "add", "path": "/spec", "value": spec}]
+    return await client.patch(
+        resource, meta["name"], operations, namespace=meta.get("namespace"), patch_type="json"
+    )
+
+
+async def replace_status(
+    client: KubeClient, resource: Resource, obj: dict[str, Any], status: dict[str, Any]
+) -> dict[str, Any]:
+    """Set the whole status of the version of `obj` we read; a stale read fails with 422."""
+    meta = obj["metadata"]
+    operations = [resource_version_guard(obj), {"op": "add", "path": "/status", "value": status}]
+    return await client.patch(
+        resource,
+        meta["name"],
+        operations,
+        namespace=meta.get("namespace"),
+        patch_type="json",
+        subresource="status",
+    )
 
 
 def resource_version_guard(obj: dict[str, Any]) -> dict[str, Any]:

@@ -46,7 +46,8 @@ from controller.kube.patches import (
     has_finalizer,
     is_being_deleted,
     remove_finalizer,
-    resource_version_guard,
+    replace_spec,
+    replace_status,
 )
 from controller.kube.resources import PERSISTENT_VOLUME_CLAIMS, PERSISTENT_VOLUMES, Resource
 from controller.manager.placement import (
@@ -303,10 +304,7 @@ class CacheReconciler:
     async def _replace_entries(self, node: dict[str, Any], entries: list[dict[str, Any]]) -> None:
         # Guarded by resourceVersion: two caches editing one node never lose each other's entry.
         spec = {**(node.get("spec") or {}), "localModels": entries}
-        patch = [resource_version_guard(node), {"op": "add", "path": "/spec", "value": spec}]
-        await self.client.patch(
-            kinds.LOCAL_MODEL_NODES, node["metadata"]["name"], patch, patch_type="json"
-        )
+        await replace_spec(self.client, kinds.LOCAL_MODEL_NODES, node, spec)
 
     # --- deletion -----------------------------------------------------------------------------
 
@@ -373,13 +371,7 @@ class CacheReconciler:
         if status == old:
             return
         try:
-            await self.client.patch(
-                kinds.LOCAL_MODEL_CACHES,
-                cache["metadata"]["name"],
-                [resource_version_guard(cache), {"op": "add", "path": "/status", "value": status}],
-                patch_type="json",
-                subresource="status",
-            )
+            await replace_status(self.client, kinds.LOCAL_MODEL_CACHES, cache, status)
         except NotFound:
             log.debug("cache gone before its status was written")
             return
