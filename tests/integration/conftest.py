@@ -28,6 +28,8 @@ WORKERS = ("sim-a", "sim-b")
 OUTSIDER = "sim-c"
 STORAGE_CLASS = "local-storage"
 CACHE_DELETION_TIMEOUT = 60.0
+# Nothing listens on the discard port: for caches whose download must never succeed.
+UNREACHABLE_URI = "http://127.0.0.1:9/never.tar.gz"
 
 
 @pytest.fixture(scope="session", name="stack")

@@ -13,10 +13,8 @@ from controller.kube.errors import NotFound
 from controller.kube.resources import EVENTS, PERSISTENT_VOLUMES
 from controller.testing.stack import Stack
 from controller.testing.waiting import consistently, eventually
-from tests.integration.conftest import WORKERS, MakeCache, node_group_body
+from tests.integration.conftest import UNREACHABLE_URI, WORKERS, MakeCache, node_group_body
 from tests.integration.test_cache_lifecycle import downloaded_everywhere, entries_on
-
-UNREACHABLE_URI = "http://127.0.0.1:9/never.tar.gz"
 
 
 async def ready_condition(kube: KubeClient, name: str) -> dict:

@@ -11,10 +11,14 @@ from controller.kube.errors import NotFound
 from controller.kube.resources import NODES
 from controller.testing.stack import WORKER_LABEL, Stack
 from controller.testing.waiting import eventually
-from tests.integration.conftest import WORKERS, MakeCache, cache_is_gone, node_group_body
+from tests.integration.conftest import (
+    UNREACHABLE_URI,
+    WORKERS,
+    MakeCache,
+    cache_is_gone,
+    node_group_body,
+)
 from tests.integration.test_cache_lifecycle import downloaded_everywhere, entries_on
-
-UNREACHABLE_URI = "http://127.0.0.1:9/never.tar.gz"
 
 
 async def test_cache_is_deleted_even_after_its_node_group_was_deleted_first(
